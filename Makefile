@@ -1,0 +1,104 @@
+# stolon-pgbouncer: C core + embedded Lua 5.4 host.
+# Targets: all (default), check, deps, asan, valgrind, fuzz, install, demo, lint, format, clean.
+# Quiet rules; V=1 shows the commands.
+
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+DATADIR   ?= $(PREFIX)/share/stolon-pgbouncer
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
+BUILD     ?= build
+
+PKGS      := lua5.4 libuv libcurl libpq libmicrohttpd libedit
+CC        ?= cc
+WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+             -Wno-unused-parameter
+CFLAGS    ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) \
+             $(shell pkg-config --cflags $(PKGS)) \
+             -DSPGB_VERSION='"$(VERSION)"' -DSPGB_DATADIR='"$(DATADIR)"' -MMD -MP
+LDLIBS    := $(shell pkg-config --libs $(PKGS)) -lm
+ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+SRC       := $(filter-out src/main.c,$(wildcard src/*.c))
+OBJ       := $(SRC:src/%.c=$(BUILD)/%.o)
+MAINOBJ   := $(BUILD)/main.o
+CTESTS    := $(wildcard tests/c/test_*.c)
+CTESTBINS := $(CTESTS:tests/c/%.c=$(BUILD)/tests/%)
+BIN       := stolon-pgbouncer
+# Modules are found through weak references (src/modules.c), which do not pull
+# objects out of an archive: link the whole library.
+WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
+
+.PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz bench
+
+all: $(BIN)
+
+$(BUILD)/%.o: src/%.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/libspgb.a: $(OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(MAINOBJ) $(BUILD)/libspgb.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $(MAINOBJ) $(WHOLE) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libspgb.a
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -Isrc $(ALL_LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS) -lcmocka
+
+# Development: the binary finds lua/ and policies/ next to the checkout through
+# SPGB_LUA_DIR; an installed binary uses $(DATADIR) compiled in.
+export SPGB_LUA_DIR := $(CURDIR)
+
+check: all check-c check-lua lint
+
+check-c: $(CTESTBINS)
+	$(Q)set -e; for t in $(CTESTBINS); do echo "== $$t"; $(VALGRIND) $$t; done
+
+# Every spec file under tests/lua runs inside our own host, so specs use the real primitives.
+BUSTED_ARGS ?=
+check-lua: all
+	$(Q)./$(BIN) run "$$(command -v busted)" --helper=tests/lua/support/init.lua \
+	  -o utfTerminal $(BUSTED_ARGS) tests/lua
+
+lint:
+	$(Q)luacheck -q lua policies tests/lua bench examples scripts
+
+deps:
+	$(Q)./scripts/deps.sh
+
+asan:
+	$(Q)$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 check
+
+valgrind: $(CTESTBINS)
+	$(Q)$(MAKE) check-c VALGRIND="valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99"
+
+install: $(BIN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/policies
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(BIN)
+	install -m 0644 lua/*.lua $(DESTDIR)$(DATADIR)/lua/
+	install -m 0644 policies/*.lua $(DESTDIR)$(DATADIR)/policies/
+
+demo: deps all
+	$(Q)./$(BIN) run examples/demo.lua
+
+format:
+	clang-format -i src/*.c src/*.h tests/c/*.c
+
+clean:
+	rm -rf build build-asan build-fuzz $(BIN)
+
+-include $(OBJ:.o=.d) $(MAINOBJ:.o=.d)

@@ -1,0 +1,50 @@
+#include "modules.h"
+
+#include <lauxlib.h>
+#include <stddef.h>
+
+/* Weak: a unit not yet linked leaves its pointer NULL. */
+#define SPGB_MOD(n) int luaopen_##n(lua_State *L) __attribute__((weak));
+SPGB_MOD(task)
+SPGB_MOD(log)
+SPGB_MOD(proc)
+SPGB_MOD(template)
+SPGB_MOD(fs)
+SPGB_MOD(etcd)
+SPGB_MOD(pg)
+SPGB_MOD(pgbouncer)
+SPGB_MOD(http)
+SPGB_MOD(metrics)
+SPGB_MOD(json)
+#undef SPGB_MOD
+
+const spgb_module *spgb_modules(void)
+{
+    static const spgb_module mods[] = {
+        {"task", luaopen_task},
+        {"log", luaopen_log},
+        {"proc", luaopen_proc},
+        {"template", luaopen_template},
+        {"fs", luaopen_fs},
+        {"etcd", luaopen_etcd},
+        {"pg", luaopen_pg},
+        {"pgbouncer", luaopen_pgbouncer},
+        {"http", luaopen_http},
+        {"metrics", luaopen_metrics},
+        {"json", luaopen_json},
+        {NULL, NULL},
+    };
+    return mods;
+}
+
+void spgb_modules_preload(lua_State *L)
+{
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const spgb_module *m = spgb_modules(); m->name; m++) {
+        if (!m->open)
+            continue;
+        lua_pushcfunction(L, m->open);
+        lua_setfield(L, -2, m->name);
+    }
+    lua_pop(L, 1);
+}
