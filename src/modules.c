@@ -15,7 +15,7 @@ SPGB_MOD(pg)
 SPGB_MOD(pgbouncer)
 SPGB_MOD(http)
 SPGB_MOD(metrics)
-SPGB_MOD(json)
+SPGB_MOD(httpc)
 #undef SPGB_MOD
 
 const spgb_module *spgb_modules(void)
@@ -31,7 +31,7 @@ const spgb_module *spgb_modules(void)
         {"pgbouncer", luaopen_pgbouncer},
         {"http", luaopen_http},
         {"metrics", luaopen_metrics},
-        {"json", luaopen_json},
+        {"httpc", luaopen_httpc},
         {NULL, NULL},
     };
     return mods;

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -813,14 +814,9 @@ static cmd *parse_cmd(parser *P)
         enum tk k = peek(P, 0)->k;
         if (k == K_EOF || k == K_PIPE || k == K_RP)
             break;
-        const tok *t = peek(P, 0);
         arg *a = parse_operand(P);
         if (!a)
             return NULL;
-        if (c->nargs == 1 && c->args->kind != A_FUNC) {
-            perr(P, "can't give argument to non-function %.*s", (int)(t->s - c->args->s), "");
-            return NULL;
-        }
         *tail = a;
         tail = &a->next;
         c->nargs++;
@@ -829,22 +825,6 @@ static cmd *parse_cmd(parser *P)
         perr(P, "missing value for command");
         return NULL;
     }
-    return c;
-}
-
-/* Describe the source of the first operand for the non-function error. */
-static cmd *parse_cmd_checked(parser *P)
-{
-    size_t start = P->ti;
-    const char *src = peek(P, 0)->s - (peek(P, 0)->k == K_FIELD);
-    cmd *c = parse_cmd(P);
-    if (!c)
-        return NULL;
-    if (c->nargs > 1 && c->args->kind != A_FUNC) {
-        (void)start;
-        return NULL;
-    }
-    (void)src;
     return c;
 }
 
@@ -1651,17 +1631,11 @@ static int do_printf(rctx *r, buf *b, int base, int argc)
             spec[so++] = verb;
             spec[so] = '\0';
             if (verb != 'd' && iv < 0) {
-                /* Go prints negative hex/octal with a sign */
-                spec[so - 3] = verb;
-                spec[so - 2] = '\0';
-                memmove(spec + 1, spec, so - 2);
-                spec[0] = '-';
-                spec[1] = '%';
-                memmove(spec + 1, spec + 1, 1);
-                (void)spec;
-                char tmp[64];
+                /* Go prints negative hex/octal as a sign and the magnitude */
+                char tmp[72];
+                unsigned long long mag = (unsigned long long)(-(iv + 1)) + 1ULL;
                 snprintf(tmp, sizeof tmp, verb == 'o' ? "-%llo" : verb == 'x' ? "-%llx" : "-%llX",
-                         (unsigned long long)(-(iv + 1)) + 1ULL);
+                         mag);
                 rc = buf_add(r, b, tmp, strlen(tmp));
                 break;
             }
