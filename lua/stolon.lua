@@ -1,0 +1,213 @@
+-- stolon: the model of stolon's clusterdata the commands act on.
+--
+-- Rules follow the original tool (gocardless/stolon-pgbouncer pkg/stolon) so that a
+-- cluster it judged healthy or recovered is judged the same here:
+--   master      = dbs[proxy.spec.masterDbUid] (absent or dangling: no master)
+--   sync        = master's status.synchronousStandbys (+ status.externalSynchronousStandbys),
+--                 a UID missing from dbs counts as an unhealthy standby
+--   async       = every other db
+--   check_healthy(n): master healthy; healthy sync >= minSynchronousStandbys; and
+--                 healthy standbys - minSynchronousStandbys >= n ("can lose n nodes")
+--   recovered(old): master moved off the old keeper, is healthy, and has at least
+--                 minSynchronousStandbys healthy sync standbys; additionally (stolon#219)
+--                 not while the placeholder standby "stolonfakestandby" is configured.
+local cjson = require "cjson.safe"
+local jsonedit = require "jsonedit"
+
+local M = {}
+
+M.FAKE_STANDBY = "stolonfakestandby"
+
+local function list(v)
+  if type(v) == "table" then return v end
+  return {}
+end
+
+local function obj(v)
+  if type(v) == "table" then return v end
+  return {}
+end
+
+-- key(prefix, cluster_name) -> "stolon/cluster/<name>/clusterdata"
+function M.key(prefix, cluster)
+  return ("%s/%s/clusterdata"):format(prefix, cluster)
+end
+
+-- decode(text [, where]) -> cd | nil, err. cd keeps the decoded document plus .raw.
+function M.decode(text, where)
+  where = where or "clusterdata"
+  if type(text) ~= "string" or text == "" then
+    return nil, ("%s: empty value"):format(where)
+  end
+  local doc, err = cjson.decode(text)
+  if type(doc) ~= "table" then
+    return nil, ("%s: invalid JSON: %s"):format(where, err or "not an object")
+  end
+  if type(doc.dbs) ~= "table" and doc.dbs ~= nil and doc.dbs ~= cjson.null then
+    return nil, ("%s: dbs is not an object"):format(where)
+  end
+  local self = setmetatable({ doc = doc, raw = text }, { __index = M })
+  return self
+end
+
+-- db(cd, uid) -> a flat view of one db, or nil when uid is not in dbs
+function M.db(cd, uid)
+  local d = obj(cd.doc.dbs)[uid]
+  if type(d) ~= "table" then return nil end
+  local spec, st = obj(d.spec), obj(d.status)
+  return {
+    uid = uid,
+    keeper = spec.keeperUID,
+    role = spec.role,
+    healthy = st.healthy == true,
+    host = type(st.listenAddress) == "string" and st.listenAddress or nil,
+    port = type(st.port) == "string" and st.port or (st.port and tostring(st.port)) or nil,
+    sync = list(st.synchronousStandbys),
+    external_sync = list(st.externalSynchronousStandbys),
+    spec_sync = list(spec.synchronousStandbys),
+    spec_external_sync = list(spec.externalSynchronousStandbys),
+  }
+end
+
+function M.master_uid(cd)
+  local uid = obj(obj(cd.doc.proxy).spec).masterDbUid
+  if type(uid) ~= "string" or uid == "" then return nil end
+  return uid
+end
+
+-- master(cd) -> db view | nil (no or dangling masterDbUid)
+function M.master(cd)
+  local uid = M.master_uid(cd)
+  return uid and M.db(cd, uid)
+end
+
+local function standby_view(cd, uid)
+  return M.db(cd, uid) or { uid = uid, healthy = false, missing = true, sync = {}, external_sync = {} }
+end
+
+function M.sync_standbys(cd)
+  local m = M.master(cd)
+  local out = {}
+  if not m then return out end
+  for _, uid in ipairs(m.sync) do out[#out + 1] = standby_view(cd, uid) end
+  for _, uid in ipairs(m.external_sync) do out[#out + 1] = standby_view(cd, uid) end
+  return out
+end
+
+function M.async_standbys(cd)
+  local m = M.master(cd)
+  local sync = {}
+  for _, s in ipairs(M.sync_standbys(cd)) do
+    if s.keeper then sync[s.keeper] = true end
+  end
+  local out = {}
+  for _, uid in ipairs(M.db_uids(cd)) do
+    local d = M.db(cd, uid)
+    if not (m and d.keeper == m.keeper) and not sync[d.keeper] then out[#out + 1] = d end
+  end
+  return out
+end
+
+-- db_uids(cd) -> sorted db UIDs
+function M.db_uids(cd)
+  local uids = {}
+  for uid in pairs(obj(cd.doc.dbs)) do uids[#uids + 1] = uid end
+  table.sort(uids)
+  return uids
+end
+
+-- databases(cd) -> every db view, sorted by keeper then uid
+function M.databases(cd)
+  local out = {}
+  for _, uid in ipairs(M.db_uids(cd)) do out[#out + 1] = M.db(cd, uid) end
+  table.sort(out, function(a, b)
+    return (a.keeper or "") .. a.uid < (b.keeper or "") .. b.uid
+  end)
+  return out
+end
+
+function M.min_sync(cd)
+  return tonumber(obj(obj(cd.doc.cluster).spec).minSynchronousStandbys) or 0
+end
+
+function M.sleep_interval(cd)
+  return obj(obj(cd.doc.cluster).spec).sleepInterval
+end
+
+-- check_healthy(cd, tolerate) -> true | nil, reason
+function M.check_healthy(cd, tolerate)
+  local m = M.master(cd)
+  if not m or not m.healthy then return nil, "master unhealthy" end
+  local healthy = 0
+  for _, s in ipairs(M.sync_standbys(cd)) do
+    if s.healthy then healthy = healthy + 1 end
+  end
+  local min = M.min_sync(cd)
+  if healthy < min then return nil, "insufficient standbys" end
+  for _, s in ipairs(M.async_standbys(cd)) do
+    if s.healthy then healthy = healthy + 1 end
+  end
+  if healthy - min < (tolerate or 1) then return nil, "insufficient standbys for failure" end
+  return true
+end
+
+-- recovered(cd, old_keeper) -> master view | nil, state, detail
+-- state: "pending" (master not moved), "no_master", "master_unhealthy",
+-- "insufficient_standbys", "fake_standby".
+function M.recovered(cd, old_keeper)
+  local m = M.master(cd)
+  if not m then return nil, "no_master", "no master in clusterdata" end
+  if m.keeper == old_keeper then return nil, "pending", "master has not changed nodes" end
+  if not m.healthy then return nil, "master_unhealthy", "new master is unhealthy" end
+  local healthy = 0
+  for _, s in ipairs(M.sync_standbys(cd)) do
+    if s.healthy then healthy = healthy + 1 end
+  end
+  local min = M.min_sync(cd)
+  if healthy < min then
+    return nil, "insufficient_standbys", ("healthy=%d minimum=%d"):format(healthy, min)
+  end
+  for _, uid in ipairs(m.spec_external_sync) do
+    if uid == M.FAKE_STANDBY then
+      return nil, "fake_standby", "new master still lists " .. M.FAKE_STANDBY
+    end
+  end
+  return m
+end
+
+-- keepers(cd) -> { {keeper=, host=, port=, db=}, ... } sorted by keeper, one per db
+-- with a listen address (the pausers to talk to).
+function M.keepers(cd)
+  local out = {}
+  for _, d in ipairs(M.databases(cd)) do
+    if d.keeper and d.host then
+      out[#out + 1] = { keeper = d.keeper, host = d.host, port = d.port, db = d.uid, healthy = d.healthy }
+    end
+  end
+  return out
+end
+
+function M.keeper_healthy(cd, keeper)
+  local k = obj(obj(cd.doc.keepers)[keeper])
+  return obj(k.status).healthy == true
+end
+
+-- with_sleep_interval(raw, interval) -> new raw | nil, err (only that field changes)
+function M.with_sleep_interval(raw, interval)
+  return jsonedit.set(raw, { "cluster", "spec", "sleepInterval" }, jsonedit.string(interval))
+end
+
+-- with_force_fail(raw, keeper) -> new raw | nil, err: what `stolonctl failkeeper` does
+function M.with_force_fail(raw, keeper)
+  if not jsonedit.get(raw, { "keepers", keeper }) then
+    return nil, ("keeper %s is not in clusterdata"):format(keeper)
+  end
+  return jsonedit.set(raw, { "keepers", keeper, "status", "forceFail" }, "true")
+end
+
+function M.describe(d)
+  if not d then return "none" end
+  return ("%s (%s)"):format(d.keeper or "?", d.host or "?")
+end
+
+return M

@@ -1,0 +1,85 @@
+local stolon = require "stolon"
+local cjson = require "cjson"
+
+local function fixture(name)
+  local f = assert(io.open("tests/fixtures/stolon/" .. name .. ".json"))
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+local function load(name)
+  return assert(stolon.decode(fixture(name), name))
+end
+
+describe("stolon model on stolon's own documents", function()
+  -- The table in tests/fixtures/stolon/README.md: what the original tool returns.
+  local cases = {
+    { "healthy", true, "pending", "127.0.0.11" },
+    { "failkeeper-requested", true, "pending", "127.0.0.11" },
+    { "no-master", "master unhealthy", "no_master", nil },
+    { "switched-insufficient-standbys", "insufficient standbys", "insufficient_standbys", "127.0.0.12" },
+    { "switched", true, "recovered", "127.0.0.12" },
+    { "unhealthy-async", "insufficient standbys for failure", "pending", "127.0.0.11" },
+  }
+  for _, c in ipairs(cases) do
+    local name, healthy, recovery, host = c[1], c[2], c[3], c[4]
+    it(name, function()
+      local cd = load(name)
+      local ok, why = cd:check_healthy(1)
+      if healthy == true then
+        assert.is_true(ok, why)
+      else
+        assert.is_nil(ok)
+        assert.equals(healthy, why)
+      end
+      local m, state = cd:recovered("keeper0")
+      if recovery == "recovered" then
+        assert.is_table(m)
+        assert.equals("keeper1", m.keeper)
+      else
+        assert.is_nil(m)
+        assert.equals(recovery, state)
+      end
+      local master = cd:master()
+      assert.equals(host, master and master.host)
+    end)
+  end
+
+  it("counts a dangling masterDbUid as no master", function()
+    local raw = fixture("healthy"):gsub('"masterDbUid": "5e1b7a3c"', '"masterDbUid": "deadbeef"')
+    local cd = assert(stolon.decode(raw))
+    assert.is_nil(cd:master())
+    assert.equals("master unhealthy", select(2, cd:check_healthy(1)))
+  end)
+
+  it("lists the keepers with their pauser addresses", function()
+    local ks = load("healthy"):keepers()
+    assert.same({ "keeper0", "keeper1", "keeper2" }, { ks[1].keeper, ks[2].keeper, ks[3].keeper })
+    assert.same({ "127.0.0.11", "127.0.0.12", "127.0.0.13" }, { ks[1].host, ks[2].host, ks[3].host })
+  end)
+
+  it("rejects malformed documents with the key named", function()
+    local cd, err = stolon.decode("{not json", "stolon/cluster/x/clusterdata")
+    assert.is_nil(cd)
+    assert.matches("stolon/cluster/x/clusterdata: invalid JSON", err, 1, true)
+    assert.is_nil((stolon.decode("", "k")))
+  end)
+
+  it("marks a keeper failed and changes nothing else", function()
+    local raw = fixture("healthy")
+    local out = assert(stolon.with_force_fail(raw, "keeper0"))
+    local want = cjson.decode(fixture("failkeeper-requested"))
+    assert.same(want, cjson.decode(out))
+    assert.is_nil((stolon.with_force_fail(raw, "keeper9")))
+  end)
+
+  it("shortens and restores sleepInterval byte for byte", function()
+    local raw = fixture("healthy")
+    local short = assert(stolon.with_sleep_interval(raw, "1s"))
+    assert.equals("1s", stolon.decode(short):sleep_interval())
+    assert.equals(#raw, #short)
+    assert.not_equals(raw, short)
+    assert.equals(raw, assert(stolon.with_sleep_interval(short, "5s")))
+  end)
+end)
