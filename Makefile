@@ -55,7 +55,7 @@ $(BIN): $(MAINOBJ) $(BUILD)/libspgb.a
 $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libspgb.a
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(ALL_CFLAGS) -Isrc $(ALL_LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(ALL_CFLAGS) -iquote src $(ALL_LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS) -lcmocka
 
 # Development: the binary finds lua/ and policies/ next to the checkout through
 # SPGB_LUA_DIR; an installed binary uses $(DATADIR) compiled in.

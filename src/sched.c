@@ -779,6 +779,28 @@ static int l_cancelled(lua_State *L)
     return 1;
 }
 
+/* task.stats() -> {live=, waiting=, runnable=}: unfinished tasks, those with a
+ * pending operation, and those queued to run. For tests and the REPL. */
+static int l_stats(lua_State *L)
+{
+    int live = 0, waiting = 0, runnable = 0;
+    for (spgb_task *t = S.live; t; t = t->live_next) {
+        live++;
+        if (t->op && t->op->state == OP_PENDING)
+            waiting++;
+    }
+    for (spgb_task *t = S.run_head; t; t = t->run_next)
+        runnable++;
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, live);
+    lua_setfield(L, -2, "live");
+    lua_pushinteger(L, waiting);
+    lua_setfield(L, -2, "waiting");
+    lua_pushinteger(L, runnable);
+    lua_setfield(L, -2, "runnable");
+    return 1;
+}
+
 /* task.now() -> monotonic seconds (float). */
 static int l_now(lua_State *L)
 {
@@ -945,7 +967,8 @@ int luaopen_task(lua_State *L)
     static const luaL_Reg fns[] = {
         {"spawn", l_spawn},         {"named", l_named},   {"sleep", l_sleep},
         {"current", l_current},     {"now", l_now},       {"on_signal", l_on_signal},
-        {"cancelled", l_cancelled}, {"observed", l_observed}, {NULL, NULL},
+        {"cancelled", l_cancelled}, {"observed", l_observed}, {"stats", l_stats},
+        {NULL, NULL},
     };
     luaL_newlib(L, fns);
     if (luaL_loadbuffer(L, task_lua, sizeof task_lua - 1, "=task") != LUA_OK)

@@ -19,3 +19,92 @@ describe("task", function()
     assert.is_true(elapsed < 2.0, "not serially: " .. elapsed)
   end)
 end)
+
+describe("task semantics", function()
+  local proc = require "proc"
+
+  it("spawn/wait returns results and errors carry file:line", function()
+    local h = task.spawn(function(a, b) return a + b, "x" end, 2, 3)
+    assert.same({ true, 5, "x" }, { h:wait() })
+    local bad = task.observed(function() local t = nil; return t.field end)
+    local ok, err = bad:wait()
+    assert.is_false(ok)
+    assert.matches("task_spec%.lua:%d+: attempt to index", err)
+  end)
+
+  it("all returns each result and reports every error", function()
+    local res, err = task.all {
+      function() task.sleep(0.05) return 1 end,
+      function() error("first", 0) end,
+      function() return 3, 4 end,
+      function() error("second", 0) end,
+    }
+    assert.equals(1, res[1][1])
+    assert.same({ 3, 4 }, { res[3][1], res[3][2] })
+    assert.equals("first", res[2].error)
+    assert.equals("task 2: first; task 4: second", err)
+  end)
+
+  it("timeout cancels the function and frees its pending operation", function()
+    task.sleep(0)
+    local before = task.stats()
+    local cleaned = false
+    local r = table.pack(task.timeout(0.1, function()
+      local ok, err = pcall(task.sleep, 30)
+      cleaned = not ok and err == "cancelled"
+    end))
+    assert.same({ n = 3, nil, "task.timeout: timeout after 0.1s", "timeout" }, r)
+    task.sleep(0.01)
+    assert.is_true(cleaned)
+    local after = task.stats()
+    assert.equals(before.waiting, after.waiting)
+    assert.equals(before.live, after.live)
+  end)
+
+  it("returns the function's results within the timeout and re-raises its error", function()
+    assert.same({ 1, 2 }, { task.timeout(1, function() return 1, 2 end) })
+    assert.has_error(function() task.timeout(1, function() error("inner", 0) end) end, "inner")
+  end)
+
+  it("cancelling a task cancels what it spawned", function()
+    local child
+    local parent = task.spawn(function()
+      child = task.spawn(function() task.sleep(30) end)
+      task.sleep(30)
+    end)
+    task.sleep(0.01)
+    parent:cancel()
+    task.sleep(0.01)
+    assert.equals("cancelled", parent:status())
+    assert.equals("cancelled", child:status())
+  end)
+
+  it("a yielding primitive in a plain coroutine says it needs a task", function()
+    local co = coroutine.wrap(function() task.sleep(0.01) end)
+    assert.has_error(co, "task.sleep needs a task (called outside a task, e.g. in a plain coroutine)")
+    -- plain coroutines still work as generators
+    local gen = coroutine.wrap(function() coroutine.yield(1) coroutine.yield(2) end)
+    assert.same({ 1, 2 }, { gen(), gen() })
+  end)
+
+  it("a signal reaches on_signal in a new task", function()
+    local dir = assert(os.getenv("SPGB_LUA_DIR"))
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local task = require "task"
+      task.on_signal("TERM", function(name) io.write("got ", name, "\n") io.flush() os.exit(0) end)
+      io.write("ready\n") io.flush()
+      task.sleep(20)
+      return 5
+    ]])
+    f:close()
+    local p = assert(proc.spawn { dir .. "/stolon-pgbouncer", "run", script, stdout = "capture" })
+    task.sleep(0.5)
+    assert(p:signal("TERM"))
+    local code = p:wait(10)
+    os.remove(script)
+    assert.equals(0, code)
+    assert.equals("ready\ngot TERM\n", (p:output()))
+  end)
+end)

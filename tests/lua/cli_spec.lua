@@ -1,0 +1,89 @@
+local proc = require "proc"
+
+local bin = assert(os.getenv("SPGB_LUA_DIR")) .. "/stolon-pgbouncer"
+
+local function script(text)
+  local path = os.tmpname() .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local function run(args, opts)
+  local argv = { bin }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  for k, v in pairs(opts or {}) do argv[k] = v end
+  return proc.run(argv)
+end
+
+describe("command line", function()
+  it("prints the version and help", function()
+    local code, out = run { "--version" }
+    assert.equals(0, code)
+    assert.matches("^stolon%-pgbouncer ", out)
+    code, out = run { "--help" }
+    assert.equals(0, code)
+    assert.matches("failover", out)
+  end)
+
+  it("exits 2 with usage on an unknown command", function()
+    local code, _, err = run { "frobnicate" }
+    assert.equals(2, code)
+    assert.matches('unknown command "frobnicate"', err, 1, true)
+    assert.matches("usage:", err, 1, true)
+  end)
+
+  it("runs a script with arg like lua does and uses its returned integer", function()
+    local path = script("print(arg[0] ~= nil, ...) return 4\n")
+    local code, out = run { "run", path, "a", "b c" }
+    os.remove(path)
+    assert.equals(4, code)
+    assert.equals("true\ta\tb c\n", out)
+  end)
+
+  it("reports a runtime error with file:line and a traceback, exit 1", function()
+    local path = script("local x = 1\nlocal function f() error('broken here') end\nf()\n")
+    local code, out, err = run { "run", path }
+    os.remove(path)
+    assert.equals(1, code)
+    assert.equals("", out)
+    assert.matches(path:gsub("%p", "%%%0") .. ":2: broken here", err)
+    assert.matches("stack traceback:", err, 1, true)
+  end)
+
+  it("reports a syntax error with file:line, exit 1", function()
+    local path = script("local x = = 1\n")
+    local code, _, err = run { "run", path }
+    os.remove(path)
+    assert.equals(1, code)
+    assert.matches(path:gsub("%p", "%%%0") .. ":1:", err)
+  end)
+
+  it("reports a missing script, exit 1", function()
+    local code, _, err = run { "run", "/nonexistent/x.lua" }
+    assert.equals(1, code)
+    assert.matches("cannot open /nonexistent/x.lua", err, 1, true)
+  end)
+
+  it("repl reads piped statements, continues incomplete ones and pretty-prints", function()
+    local input = table.concat({
+      "1 + 1",
+      "local t = {a = 1,",
+      "  b = {2, 3}}",
+      "x = {n = 1}; x.self = x",
+      "x",
+      "task.sleep(0.01) return 'slept'",
+      "error('oops')",
+      "'still here'",
+    }, "\n") .. "\n"
+    local code, out, err = run({ "repl" }, { stdin = input })
+    assert.equals(0, code)
+    assert.matches("^2\n", out)
+    assert.matches("n = 1", out, 1, true)
+    assert.matches("<cycle", out, 1, true)
+    assert.matches('"slept"', out, 1, true)
+    assert.matches('"still here"', out, 1, true)
+    assert.matches("oops", err, 1, true)
+  end)
+end)

@@ -1,0 +1,64 @@
+local pipeline = require "pipeline"
+local task = require "task"
+
+describe("pipeline", function()
+  it("runs steps in order and defers in reverse, registered before the action", function()
+    local trace = {}
+    local p = pipeline.new()
+    p:step("a", function() trace[#trace + 1] = "a" end):defer("undo_a", function() trace[#trace + 1] = "undo_a" end)
+    p:step("b", function() trace[#trace + 1] = "b"; error("b broke", 0) end)
+      :defer("undo_b", function() trace[#trace + 1] = "undo_b" end)
+    p:step("c", function() trace[#trace + 1] = "c" end)
+    local ok, err = p:run()
+    assert.is_nil(ok)
+    assert.equals("b: b broke", err)
+    assert.same({ "a", "b", "undo_b", "undo_a" }, trace)
+    assert.equals("failed", p.report.steps[2].status)
+    assert.equals(4, #p.report.steps)
+  end)
+
+  it("treats nil, err as failure and keeps running defers after a failing defer", function()
+    local trace = {}
+    local p = pipeline.new()
+    p:step("a", function() end):defer("d1", function() trace[#trace + 1] = "d1" end)
+    p:step("b", function() end):defer("d2", function() return nil, "nope" end)
+    p:step("c", function() return nil, "refused" end)
+    local ok, err = p:run()
+    assert.is_nil(ok)
+    assert.equals("c: refused", err)
+    assert.same({ "d1" }, trace)
+    assert.equals("failed", p.report.steps[4].status)
+  end)
+
+  it("bounds a hanging defer by the cleanup timeout", function()
+    local p = pipeline.new { cleanup_timeout = 0.2 }
+    local later = false
+    p:step("a", function() end):defer("slow", function() task.sleep(30) end)
+    p:step("b", function() end):defer("fast", function() later = true end)
+    local t0 = task.now()
+    local ok, err = p:run()
+    assert.is_true(ok == nil and err:match("^slow:") ~= nil, err)
+    assert.is_true(later)
+    assert.is_true(task.now() - t0 < 5)
+  end)
+
+  it("runs the defers when the task running it is cancelled", function()
+    local undone = false
+    local h = task.spawn(function()
+      local p = pipeline.new()
+      p:step("lock", function() end):defer("unlock", function()
+        task.sleep(0.05) -- cleanup may still do I/O after the cancellation
+        undone = true
+      end)
+      p:step("wait", function() task.sleep(30) end)
+      return p:run()
+    end)
+    task.sleep(0.1)
+    h:cancel()
+    local ok, r1, r2 = h:wait(5)
+    assert.is_true(ok)
+    assert.is_nil(r1)
+    assert.matches("interrupted", r2)
+    assert.is_true(undone)
+  end)
+end)
