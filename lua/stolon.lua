@@ -9,8 +9,14 @@
 --   check_healthy(n): master healthy; healthy sync >= minSynchronousStandbys; and
 --                 healthy standbys - minSynchronousStandbys >= n ("can lose n nodes")
 --   recovered(old): master moved off the old keeper, is healthy, and has at least
---                 minSynchronousStandbys healthy sync standbys; additionally (stolon#219)
---                 not while the placeholder standby "stolonfakestandby" is configured.
+--                 minSynchronousStandbys healthy sync standbys.
+-- Where the original was wrong we follow stolon instead:
+--   * minSynchronousStandbys absent means stolon's default 1, and only counts when
+--     synchronousReplication is on;
+--   * the placeholder standby "stolonfakestandby" is never a healthy standby, and
+--     recovery is not declared while the new master lists it (stolon#219);
+--   * recovery needs the new master promoted: its currentGeneration == generation;
+--   * an absent sleepInterval is stolon's default "5s".
 local cjson = require "cjson.safe"
 local jsonedit = require "jsonedit"
 
@@ -57,6 +63,8 @@ function M.db(cd, uid)
   local spec, st = obj(d.spec), obj(d.status)
   return {
     uid = uid,
+    generation = tonumber(d.generation) or 0,
+    current_generation = tonumber(st.currentGeneration) or 0,
     keeper = spec.keeperUID,
     role = spec.role,
     healthy = st.healthy == true,
@@ -82,7 +90,8 @@ function M.master(cd)
 end
 
 local function standby_view(cd, uid)
-  return M.db(cd, uid) or { uid = uid, healthy = false, missing = true, sync = {}, external_sync = {} }
+  local d = uid ~= M.FAKE_STANDBY and M.db(cd, uid)
+  return d or { uid = uid, healthy = false, missing = true, sync = {}, external_sync = {} }
 end
 
 function M.sync_standbys(cd)
@@ -126,12 +135,19 @@ function M.databases(cd)
   return out
 end
 
+M.DEFAULT_SLEEP_INTERVAL = "5s"
+M.DEFAULT_MIN_SYNC = 1
+
 function M.min_sync(cd)
-  return tonumber(obj(obj(cd.doc.cluster).spec).minSynchronousStandbys) or 0
+  local spec = obj(obj(cd.doc.cluster).spec)
+  if spec.synchronousReplication ~= true then return 0 end
+  return tonumber(spec.minSynchronousStandbys) or M.DEFAULT_MIN_SYNC
 end
 
 function M.sleep_interval(cd)
-  return obj(obj(cd.doc.cluster).spec).sleepInterval
+  local v = obj(obj(cd.doc.cluster).spec).sleepInterval
+  if type(v) ~= "string" or v == "" then return M.DEFAULT_SLEEP_INTERVAL end
+  return v
 end
 
 -- check_healthy(cd, tolerate) -> true | nil, reason
@@ -153,7 +169,7 @@ end
 
 -- recovered(cd, old_keeper) -> master view | nil, state, detail
 -- state: "pending" (master not moved), "no_master", "master_unhealthy",
--- "insufficient_standbys", "fake_standby".
+-- "not_promoted", "insufficient_standbys", "fake_standby".
 function M.recovered(cd, old_keeper)
   local m = M.master(cd)
   if not m then return nil, "no_master", "no master in clusterdata" end
@@ -171,6 +187,10 @@ function M.recovered(cd, old_keeper)
     if uid == M.FAKE_STANDBY then
       return nil, "fake_standby", "new master still lists " .. M.FAKE_STANDBY
     end
+  end
+  -- The keeper has applied the latest spec (promotion included).
+  if m.current_generation ~= m.generation then
+    return nil, "not_promoted", ("new master at generation %d, applied %d"):format(m.generation, m.current_generation)
   end
   return m
 end

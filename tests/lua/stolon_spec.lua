@@ -53,6 +53,31 @@ describe("stolon model on stolon's own documents", function()
     assert.equals("master unhealthy", select(2, cd:check_healthy(1)))
   end)
 
+  it("follows stolon where the original was wrong", function()
+    -- absent minSynchronousStandbys is stolon's default 1, not 0
+    local raw = fixture("switched-insufficient-standbys"):gsub('"minSynchronousStandbys": 1,', "")
+    local cd = assert(stolon.decode(raw))
+    assert.equals(1, cd:min_sync())
+    assert.equals("insufficient_standbys", select(2, cd:recovered("keeper0")))
+    -- without synchronous replication no sync standby is required
+    raw = fixture("healthy"):gsub('"synchronousReplication": true', '"synchronousReplication": false', 1)
+    assert.equals(0, assert(stolon.decode(raw)):min_sync())
+    -- absent sleepInterval is stolon's default
+    raw = fixture("healthy"):gsub('"sleepInterval": "5s",', "")
+    assert.equals("5s", assert(stolon.decode(raw)):sleep_interval())
+  end)
+
+  it("does not count the placeholder standby, even as status, nor an unpromoted master", function()
+    local raw = fixture("switched"):gsub('"synchronousStandbys": %[%s*"9a27e6b4"%s*%]', '"synchronousStandbys": ["stolonfakestandby"]')
+    local cd = assert(stolon.decode(raw))
+    assert.equals("insufficient_standbys", select(2, cd:recovered("keeper0")))
+    -- "slow promotion" variant of the fixtures README: generation ahead of currentGeneration
+    local doc = cjson.decode(fixture("switched"))
+    doc.dbs.c0d4f812.status.currentGeneration = doc.dbs.c0d4f812.generation - 1
+    cd = assert(stolon.decode(cjson.encode(doc)))
+    assert.equals("not_promoted", select(2, cd:recovered("keeper0")))
+  end)
+
   it("lists the keepers with their pauser addresses", function()
     local ks = load("healthy"):keepers()
     assert.same({ "keeper0", "keeper1", "keeper2" }, { ks[1].keeper, ks[2].keeper, ks[3].keeper })
