@@ -68,9 +68,10 @@ check-c: $(CTESTBINS)
 
 # Every spec file under tests/lua runs inside our own host, so specs use the real primitives.
 BUSTED_ARGS ?=
+LUA_SPECS ?= tests/lua
 check-lua: all
 	$(Q)./$(BIN) run "$$(command -v busted)" --helper=tests/lua/support/init.lua \
-	  -o utfTerminal $(BUSTED_ARGS) tests/lua
+	  -o utfTerminal $(BUSTED_ARGS) $(LUA_SPECS)
 
 lint:
 	$(Q)luacheck -q lua policies tests/lua bench examples scripts

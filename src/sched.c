@@ -808,6 +808,101 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+/* ---- events ----------------------------------------------------------------- */
+
+#define EVENT_MT "spgb.event"
+
+typedef struct ev_waiter {
+    spgb_op op;
+    struct ev_waiter *next, *prev;
+    struct event *ev;
+} ev_waiter;
+
+typedef struct event {
+    bool set;
+    ev_waiter *waiters;
+} event;
+
+static void ev_unlink(ev_waiter *w)
+{
+    if (!w->ev)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->ev->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->ev = NULL;
+}
+
+static int ev_push(lua_State *L, spgb_op *op)
+{
+    free(op);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void ev_cancel(spgb_op *op)
+{
+    ev_unlink((ev_waiter *)op);
+    free(op);
+}
+
+/* task.event() -> ev: a wake-up flag for tasks. ev:set() wakes every task waiting
+ * on it, or, when none waits, lets the next ev:wait() return at once (auto-reset).
+ * Any context; does not yield. */
+static int l_event(lua_State *L)
+{
+    event *e = lua_newuserdatauv(L, sizeof *e, 0);
+    memset(e, 0, sizeof *e);
+    luaL_setmetatable(L, EVENT_MT);
+    return 1;
+}
+
+/* ev:wait([timeout]) -> true | nil, "event.wait: timeout", "timeout". Task only;
+ * yields unless the event is already set (then it is reset and true returned). */
+static int l_event_wait(lua_State *L)
+{
+    event *e = luaL_checkudata(L, 1, EVENT_MT);
+    lua_Number timeout = luaL_optnumber(L, 2, 0);
+    spgb_task_current(L, "event.wait");
+    if (e->set) {
+        e->set = false;
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    ev_waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return luaL_error(L, "event.wait: out of memory");
+    w->op.name = "event.wait";
+    w->op.push = ev_push;
+    w->op.cancel = ev_cancel;
+    w->ev = e;
+    w->next = e->waiters;
+    if (e->waiters)
+        e->waiters->prev = w;
+    e->waiters = w;
+    lua_settop(L, 1); /* the event stays on the waiting task's stack: not collected */
+    return spgb_op_wait(L, &w->op, timeout);
+}
+
+/* ev:set(). Any context; does not yield. */
+static int l_event_set(lua_State *L)
+{
+    event *e = luaL_checkudata(L, 1, EVENT_MT);
+    if (!e->waiters) {
+        e->set = true;
+        return 0;
+    }
+    while (e->waiters) {
+        ev_waiter *w = e->waiters;
+        ev_unlink(w);
+        spgb_op_done(&w->op);
+    }
+    return 0;
+}
+
 /* ---- signals -------------------------------------------------------------- */
 
 typedef struct sig_reg {
@@ -960,6 +1055,30 @@ static const char task_lua[] =
     "  return results\n"
     "end\n"
     "function M.yield() return M.sleep(0) end\n"
+    "-- mutex(): m:lock([timeout]) -> true | nil, err; m:unlock(); m:with(fn, ...)\n"
+    "function M.mutex()\n"
+    "  local m = { held = false, ev = M.event() }\n"
+    "  function m:lock(timeout)\n"
+    "    local deadline = timeout and M.now() + timeout\n"
+    "    while self.held do\n"
+    "      local left = deadline and deadline - M.now()\n"
+    "      if left and left <= 0 then return nil, 'mutex: timeout', 'timeout' end\n"
+    "      local ok, err, code = self.ev:wait(left)\n"
+    "      if not ok then return nil, err, code end\n"
+    "    end\n"
+    "    self.held = true\n"
+    "    return true\n"
+    "  end\n"
+    "  function m:unlock() self.held = false; self.ev:set() end\n"
+    "  function m:with(fn, ...)\n"
+    "    assert(self:lock())\n"
+    "    local r = table.pack(pcall(fn, ...))\n"
+    "    self:unlock()\n"
+    "    if not r[1] then error(r[2], 0) end\n"
+    "    return table.unpack(r, 2, r.n)\n"
+    "  end\n"
+    "  return m\n"
+    "end\n"
     "return M\n";
 
 int luaopen_task(lua_State *L)
@@ -967,7 +1086,7 @@ int luaopen_task(lua_State *L)
     static const luaL_Reg fns[] = {
         {"spawn", l_spawn},         {"named", l_named},   {"sleep", l_sleep},
         {"current", l_current},     {"now", l_now},       {"on_signal", l_on_signal},
-        {"cancelled", l_cancelled}, {"observed", l_observed}, {"stats", l_stats},
+        {"cancelled", l_cancelled}, {"observed", l_observed}, {"stats", l_stats}, {"event", l_event},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
@@ -989,6 +1108,14 @@ static void define_metatables(lua_State *L)
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_task_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, EVENT_MT);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_event_wait);
+    lua_setfield(L, -2, "wait");
+    lua_pushcfunction(L, l_event_set);
+    lua_setfield(L, -2, "set");
+    lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
     luaL_newmetatable(L, SIGNAL_MT);
     lua_pushcfunction(L, l_sig_stop);

@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_DEPTH 100   /* nesting of if/range/with and parentheses */
+#define MAX_DEPTH 100 /* nesting of if/range/with and parentheses */
 #define TPL_MT "spgb.template"
 
 /* ------------------------------------------------------------------ arena */
@@ -133,8 +133,22 @@ struct spgb_template {
 
 /* ------------------------------------------------------------------ functions */
 
-enum fn_id { F_NOT, F_AND, F_OR, F_EQ, F_NE, F_LT, F_LE, F_GT, F_GE, F_LEN, F_INDEX, F_PRINTF,
-             F_PRINT, F_PRINTLN };
+enum fn_id {
+    F_NOT,
+    F_AND,
+    F_OR,
+    F_EQ,
+    F_NE,
+    F_LT,
+    F_LE,
+    F_GT,
+    F_GE,
+    F_LEN,
+    F_INDEX,
+    F_PRINTF,
+    F_PRINT,
+    F_PRINTLN
+};
 
 static const char *const fn_names[] = {"not", "and", "or",  "eq",    "ne",     "lt",    "le",
                                        "gt",  "ge",  "len", "index", "printf", "print", "println"};
@@ -149,8 +163,22 @@ static int fn_lookup(const char *s, size_t n)
 
 /* ------------------------------------------------------------------ parser */
 
-enum tk { K_EOF, K_FIELD, K_DOT, K_VAR, K_IDENT, K_STR, K_RAW, K_NUM, K_DECL, K_ASSIGN, K_COMMA,
-          K_PIPE, K_LP, K_RP };
+enum tk {
+    K_EOF,
+    K_FIELD,
+    K_DOT,
+    K_VAR,
+    K_IDENT,
+    K_STR,
+    K_RAW,
+    K_NUM,
+    K_DECL,
+    K_ASSIGN,
+    K_COMMA,
+    K_PIPE,
+    K_LP,
+    K_RP
+};
 
 typedef struct tok {
     enum tk k;
@@ -346,14 +374,14 @@ static enum item next_item(parser *P, const char **s, size_t *n)
             if (c == '"' || c == '`') {
                 /* skip quoted text so "}}" inside a string does not end the action */
                 size_t j = i + 1;
-                while (j < P->len && P->src[j] != c) {
-                    if (c == '"' && P->src[j] == '\n')
-                        break;
-                    if (c == '"' && P->src[j] == '\\')
-                        j++;
-                    j++;
+                while (j < P->len && P->src[j] != c && !(c == '"' && P->src[j] == '\n'))
+                    j += c == '"' && P->src[j] == '\\' ? 2 : 1;
+                if (j >= P->len || P->src[j] != c) {
+                    perr(P, c == '"' ? "unterminated quoted string"
+                                     : "unterminated raw quoted string");
+                    return I_ERR;
                 }
-                i = j < P->len ? j + 1 : P->len;
+                i = j + 1;
                 continue;
             }
             bool trim;
@@ -587,15 +615,33 @@ static int unquote(parser *P, const tok *t, arg *a)
         }
         c = t->s[++i];
         switch (c) {
-        case 'n': d[o++] = '\n'; break;
-        case 't': d[o++] = '\t'; break;
-        case 'r': d[o++] = '\r'; break;
-        case 'a': d[o++] = '\a'; break;
-        case 'b': d[o++] = '\b'; break;
-        case 'f': d[o++] = '\f'; break;
-        case 'v': d[o++] = '\v'; break;
-        case '\\': d[o++] = '\\'; break;
-        case '"': d[o++] = '"'; break;
+        case 'n':
+            d[o++] = '\n';
+            break;
+        case 't':
+            d[o++] = '\t';
+            break;
+        case 'r':
+            d[o++] = '\r';
+            break;
+        case 'a':
+            d[o++] = '\a';
+            break;
+        case 'b':
+            d[o++] = '\b';
+            break;
+        case 'f':
+            d[o++] = '\f';
+            break;
+        case 'v':
+            d[o++] = '\v';
+            break;
+        case '\\':
+            d[o++] = '\\';
+            break;
+        case '"':
+            d[o++] = '"';
+            break;
         case 'x':
         case 'u':
         case 'U': {
@@ -721,7 +767,11 @@ static arg *parse_operand(parser *P)
     switch (t->k) {
     case K_FIELD:
         a->kind = A_FIELD;
-        break; /* the chain loop below takes this token */
+        if (!(a->chain = palloc(P, sizeof *a->chain)) || !(a->chain->s = pstrdup(P, t->s, t->n)))
+            return NULL;
+        a->chain->n = t->n;
+        P->ti++;
+        break;
     case K_DOT:
         a->kind = A_DOT;
         P->ti++;
@@ -762,9 +812,9 @@ static arg *parse_operand(parser *P)
         } else if (tok_is(t, K_IDENT, "nil")) {
             a->kind = A_NIL;
         } else {
-            static const char *const keywords[] = {"if",       "else",  "end",      "range",
-                                                   "with",     "define", "template", "block",
-                                                   "break",    "continue"};
+            static const char *const keywords[] = {"if",    "else",    "end",      "range",
+                                                   "with",  "define",  "template", "block",
+                                                   "break", "continue"};
             for (size_t k = 0; k < sizeof keywords / sizeof keywords[0]; k++)
                 if (tok_is(t, K_IDENT, keywords[k])) {
                     unexpected(P, t, "operand");
@@ -1075,8 +1125,14 @@ spgb_template *spgb_template_compile(const char *name, const char *text, size_t 
     }
     strcpy(nm, name);
     t->name = nm;
-    parser P = {.src = text ? text : "", .len = text ? len : 0, .line = 1, .col = 1,
-                .name = nm, .arena = &arena, .err = err, .errlen = errlen};
+    parser P = {.src = text ? text : "",
+                .len = text ? len : 0,
+                .line = 1,
+                .col = 1,
+                .name = nm,
+                .arena = &arena,
+                .err = err,
+                .errlen = errlen};
     P.aline = P.acol = 1;
     if (scope_push(&P, "$", 1) == 0) {
         enum term term;
@@ -1209,12 +1265,18 @@ static int need_stack(rctx *r, int n)
 static const char *type_name(lua_State *L, int idx)
 {
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: return "nil";
-    case LUA_TBOOLEAN: return "bool";
-    case LUA_TNUMBER: return lua_isinteger(L, idx) ? "int" : "float64";
-    case LUA_TSTRING: return "string";
-    case LUA_TTABLE: return "table";
-    default: return lua_typename(L, lua_type(L, idx));
+    case LUA_TNIL:
+        return "nil";
+    case LUA_TBOOLEAN:
+        return "bool";
+    case LUA_TNUMBER:
+        return lua_isinteger(L, idx) ? "int" : "float64";
+    case LUA_TSTRING:
+        return "string";
+    case LUA_TTABLE:
+        return "table";
+    default:
+        return lua_typename(L, lua_type(L, idx));
     }
 }
 
@@ -1277,12 +1339,16 @@ static int print_value(rctx *r, buf *b, int idx)
 
 static bool truth(lua_State *L, int idx)
 {
+    idx = lua_absindex(L, idx);
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: return false;
-    case LUA_TBOOLEAN: return lua_toboolean(L, idx);
+    case LUA_TNIL:
+        return false;
+    case LUA_TBOOLEAN:
+        return lua_toboolean(L, idx);
     case LUA_TNUMBER:
         return lua_isinteger(L, idx) ? lua_tointeger(L, idx) != 0 : lua_tonumber(L, idx) != 0;
-    case LUA_TSTRING: return lua_rawlen(L, idx) > 0;
+    case LUA_TSTRING:
+        return lua_rawlen(L, idx) > 0;
     case LUA_TTABLE:
         lua_pushnil(L);
         if (lua_next(L, idx)) {
@@ -1290,13 +1356,15 @@ static bool truth(lua_State *L, int idx)
             return true;
         }
         return false;
-    default: return true;
+    default:
+        return true;
     }
 }
 
 /* Number of entries (raw). */
 static lua_Integer table_count(lua_State *L, int idx)
 {
+    idx = lua_absindex(L, idx);
     lua_Integer c = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -1364,8 +1432,8 @@ static int eval_chain(rctx *r, int base, const char *prefix, const field *chain)
         if (lua_type(L, -1) != LUA_TTABLE) {
             char d[256];
             describe_chain(d, sizeof d, prefix, chain, f);
-            return rerr(r, "executing %s: can't evaluate field %.*s in type %s", d, (int)f->n,
-                        f->s, type_name(L, -1));
+            return rerr(r, "executing %s: can't evaluate field %.*s in type %s", d, (int)f->n, f->s,
+                        type_name(L, -1));
         }
         lua_pushlstring(L, f->s, f->n);
         lua_rawget(L, -2);
@@ -1373,8 +1441,7 @@ static int eval_chain(rctx *r, int base, const char *prefix, const field *chain)
         if (lua_isnil(L, -1)) {
             char d[256];
             describe_chain(d, sizeof d, prefix, chain, f);
-            return rerr(r, "executing %s: map has no entry for key \"%.*s\"", d, (int)f->n,
-                        f->s);
+            return rerr(r, "executing %s: map has no entry for key \"%.*s\"", d, (int)f->n, f->s);
         }
     }
     return 0;
@@ -1390,20 +1457,34 @@ static int eval_arg(rctx *r, const arg *a)
     if (need_stack(r, 4) < 0)
         return -1;
     switch (a->kind) {
-    case A_DOT: lua_pushvalue(L, r->dot); return 0;
-    case A_FIELD: return eval_chain(r, r->dot, "", a->chain);
+    case A_DOT:
+        lua_pushvalue(L, r->dot);
+        return 0;
+    case A_FIELD:
+        return eval_chain(r, r->dot, "", a->chain);
     case A_VAR: {
         rvar *v = find_var(r, a->s, a->n);
         if (!v)
             return rerr(r, "undefined variable \"%.*s\"", (int)a->n, a->s);
         return eval_chain(r, v->slot, a->s, a->chain);
     }
-    case A_STR: lua_pushlstring(L, a->s, a->n); return 0;
-    case A_INT: lua_pushinteger(L, a->i); return 0;
-    case A_FLOAT: lua_pushnumber(L, (lua_Number)a->f); return 0;
-    case A_BOOL: lua_pushboolean(L, a->b); return 0;
-    case A_NIL: lua_pushnil(L); return 0;
-    case A_FUNC: return call_func(r, a->fn, NULL, 0, false);
+    case A_STR:
+        lua_pushlstring(L, a->s, a->n);
+        return 0;
+    case A_INT:
+        lua_pushinteger(L, a->i);
+        return 0;
+    case A_FLOAT:
+        lua_pushnumber(L, (lua_Number)a->f);
+        return 0;
+    case A_BOOL:
+        lua_pushboolean(L, a->b);
+        return 0;
+    case A_NIL:
+        lua_pushnil(L);
+        return 0;
+    case A_FUNC:
+        return call_func(r, a->fn, NULL, 0, false);
     case A_PIPE:
         if (eval_pipe(r, a->pipe) < 0)
             return -1;
@@ -1489,11 +1570,21 @@ static int quote_go(rctx *r, buf *b, const char *s, size_t n)
         const char *e = NULL;
         char hex[8];
         switch (c) {
-        case '"': e = "\\\""; break;
-        case '\\': e = "\\\\"; break;
-        case '\n': e = "\\n"; break;
-        case '\t': e = "\\t"; break;
-        case '\r': e = "\\r"; break;
+        case '"':
+            e = "\\\"";
+            break;
+        case '\\':
+            e = "\\\\";
+            break;
+        case '\n':
+            e = "\\n";
+            break;
+        case '\t':
+            e = "\\t";
+            break;
+        case '\r':
+            e = "\\r";
+            break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 snprintf(hex, sizeof hex, "\\x%02x", c);
@@ -1524,8 +1615,7 @@ static int do_printf(rctx *r, buf *b, int base, int argc)
 {
     lua_State *L = r->L;
     if (lua_type(L, base) != LUA_TSTRING)
-        return rerr(r, "error calling printf: format must be a string, got %s",
-                    type_name(L, base));
+        return rerr(r, "error calling printf: format must be a string, got %s", type_name(L, base));
     size_t fl;
     const char *f = lua_tolstring(L, base, &fl);
     int ai = 1;
@@ -1621,9 +1711,8 @@ static int do_printf(rctx *r, buf *b, int base, int argc)
             }
             if (verb == 'c') {
                 char u[4];
-                rc = iv >= 0 && iv <= 0x10FFFF
-                         ? buf_add(r, b, u, put_utf8(u, (uint32_t)iv))
-                         : bad_verb(r, b, verb, idx);
+                rc = iv >= 0 && iv <= 0x10FFFF ? buf_add(r, b, u, put_utf8(u, (uint32_t)iv))
+                                               : bad_verb(r, b, verb, idx);
                 break;
             }
             spec[so++] = 'l';
@@ -1634,7 +1723,10 @@ static int do_printf(rctx *r, buf *b, int base, int argc)
                 /* Go prints negative hex/octal as a sign and the magnitude */
                 char tmp[72];
                 unsigned long long mag = (unsigned long long)(-(iv + 1)) + 1ULL;
-                snprintf(tmp, sizeof tmp, verb == 'o' ? "-%llo" : verb == 'x' ? "-%llx" : "-%llX",
+                snprintf(tmp, sizeof tmp,
+                         verb == 'o'   ? "-%llo"
+                         : verb == 'x' ? "-%llx"
+                                       : "-%llX",
                          mag);
                 rc = buf_add(r, b, tmp, strlen(tmp));
                 break;
@@ -1765,7 +1857,7 @@ static int call_func(rctx *r, int fn, const arg *args, int nargs, bool final)
                 break;
             lua_pop(L, 1);
         }
-        lua_replace(L, start);
+        lua_copy(L, -1, start);
         lua_settop(L, start);
         return 0;
     }
@@ -1832,7 +1924,8 @@ static int call_func(rctx *r, int fn, const arg *args, int nargs, bool final)
     case F_PRINTLN:
         if (fn == F_PRINTF && want_args(r, fn, argc, 1, true) < 0)
             return -1;
-        rc = fn == F_PRINTF ? do_printf(r, &b, base, argc) : do_print(r, &b, base, argc, fn == F_PRINTLN);
+        rc = fn == F_PRINTF ? do_printf(r, &b, base, argc)
+                            : do_print(r, &b, base, argc, fn == F_PRINTLN);
         if (rc == 0)
             lua_pushlstring(L, b.p ? b.p : "", b.n);
         free(b.p);
@@ -1842,7 +1935,7 @@ static int call_func(rctx *r, int fn, const arg *args, int nargs, bool final)
     default:
         return rerr(r, "internal error: bad function");
     }
-    lua_replace(L, start);
+    lua_copy(L, -1, start);
     lua_settop(L, start);
     return 0;
 }
@@ -1975,8 +2068,7 @@ static int exec_range(rctx *r, const node *nd, int v)
             k->s = k->nb;
             k->n = strlen(k->nb);
         } else {
-            lua_pop(L, 1);
-            return rerr(r, "range over table with a %s key", type_name(L, -1 + 1));
+            return rerr(r, "range over table with a %s key", type_name(L, -1));
         }
     }
     qsort(keys, nk, sizeof *keys, allnum ? cmp_num : cmp_str);
@@ -2031,8 +2123,12 @@ static int exec_node(rctx *r, const node *nd)
         }
     }
     switch (nd->kind) {
-    case N_ACTION: rc = print_value(r, &r->out, v); break;
-    case N_IF: rc = exec_list(r, truth(L, v) ? nd->list : nd->elselist); break;
+    case N_ACTION:
+        rc = print_value(r, &r->out, v);
+        break;
+    case N_IF:
+        rc = exec_list(r, truth(L, v) ? nd->list : nd->elselist);
+        break;
     case N_WITH:
         if (truth(L, v)) {
             int dot = r->dot;
@@ -2043,8 +2139,11 @@ static int exec_node(rctx *r, const node *nd)
             rc = exec_list(r, nd->elselist);
         }
         break;
-    case N_RANGE: rc = exec_range(r, nd, v); break;
-    default: break;
+    case N_RANGE:
+        rc = exec_range(r, nd, v);
+        break;
+    default:
+        break;
     }
     lua_settop(L, top);
     r->nvars = nv;
@@ -2254,8 +2353,8 @@ static int l_tostring(lua_State *L)
 int luaopen_template(lua_State *L)
 {
     static const luaL_Reg methods[] = {{"render", l_render}, {"name", l_name}, {NULL, NULL}};
-    static const luaL_Reg meta[] = {{"__gc", l_gc}, {"__close", l_gc}, {"__tostring", l_tostring},
-                                    {NULL, NULL}};
+    static const luaL_Reg meta[] = {
+        {"__gc", l_gc}, {"__close", l_gc}, {"__tostring", l_tostring}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"compile", l_compile}, {"load", l_load}, {NULL, NULL}};
     if (luaL_newmetatable(L, TPL_MT)) {
         luaL_setfuncs(L, meta, 0);

@@ -108,3 +108,39 @@ describe("task semantics", function()
     assert.equals("ready\ngot TERM\n", (p:output()))
   end)
 end)
+
+describe("task.event and task.mutex", function()
+  it("set wakes every waiter, and is remembered when nobody waits", function()
+    local ev = task.event()
+    local woken = 0
+    local hs = {}
+    for i = 1, 3 do hs[i] = task.spawn(function() assert(ev:wait(5)) woken = woken + 1 end) end
+    task.sleep(0.01)
+    assert.equals(0, woken)
+    ev:set()
+    for i = 1, 3 do hs[i]:wait() end
+    assert.equals(3, woken)
+    ev:set()
+    assert.is_true(ev:wait(0.01))
+    assert.same({ nil, "event.wait: timeout", "timeout" }, { ev:wait(0.01) })
+  end)
+
+  it("mutex serialises critical sections", function()
+    local m = task.mutex()
+    local inside, max = 0, 0
+    local fns = {}
+    for i = 1, 5 do
+      fns[i] = function()
+        m:with(function()
+          inside = inside + 1
+          max = math.max(max, inside)
+          task.sleep(0.01)
+          inside = inside - 1
+        end)
+      end
+    end
+    local _, err = task.all(fns)
+    assert.is_nil(err)
+    assert.equals(1, max)
+  end)
+end)
