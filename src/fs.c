@@ -415,6 +415,16 @@ static int l_tmpdir(lua_State *L)
     return 1;
 }
 
+/* fs.isatty(fd) -> boolean: whether file descriptor fd (0, 1, 2) is a terminal.
+ * Any context; does not yield. Policies use it to show live progress. */
+static int l_isatty(lua_State *L)
+{
+    lua_Integer fd = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, fd >= 0 && fd <= 1024, 1, "not a file descriptor");
+    lua_pushboolean(L, isatty((int)fd) == 1);
+    return 1;
+}
+
 int luaopen_fs(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -424,6 +434,7 @@ int luaopen_fs(lua_State *L)
         {"mkdir_p", l_mkdir_p},
         {"remove", l_remove},
         {"tmpdir", l_tmpdir},
+        {"isatty", l_isatty},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);

@@ -16,6 +16,7 @@ SPGB_MOD(pgbouncer)
 SPGB_MOD(http)
 SPGB_MOD(metrics)
 SPGB_MOD(httpc)
+SPGB_MOD(secure)
 #undef SPGB_MOD
 
 const spgb_module *spgb_modules(void)
@@ -32,6 +33,7 @@ const spgb_module *spgb_modules(void)
         {"http", luaopen_http},
         {"metrics", luaopen_metrics},
         {"httpc", luaopen_httpc},
+        {"secure", luaopen_secure},
         {NULL, NULL},
     };
     return mods;

@@ -1,0 +1,265 @@
+-- common: what the five commands share: flag sets with the original tool's names,
+-- defaults and environment variables; connecting to the store and to PgBouncer;
+-- the Prometheus metrics and their HTTP listener; the pauser token.
+local cjson = require "cjson.safe"
+local etcd = require "etcd"
+local fs = require "fs"
+local log = require "log"
+local metrics = require "metrics"
+local pgbouncer = require "pgbouncer"
+local proc = require "proc"
+local stolon = require "stolon"
+
+local M = {}
+
+M.global_flags = {
+  { name = "debug", type = "bool", help = "Enable debug logging" },
+  { name = "metrics-address", default = "127.0.0.1", help = "Address to bind HTTP metrics listener" },
+  { name = "metrics-port", type = "int", default = "9446", help = "Port to bind HTTP metrics listener (0: none)" },
+}
+
+M.stolon_flags = {
+  { name = "cluster-name", env = "STOLONCTL_CLUSTER_NAME", default = "", help = "Name of the stolon cluster" },
+  { name = "store-backend", env = "STOLONCTL_STORE_BACKEND", default = "etcdv3", help = "Store backend provider" },
+  { name = "store-prefix", env = "STOLONCTL_STORE_PREFIX", default = "stolon/cluster", help = "Store prefix" },
+  { name = "store-endpoints", env = "STOLONCTL_STORE_ENDPOINTS", type = "list", default = "http://127.0.0.1:2379",
+    help = "Comma delimited list of store endpoints" },
+  { name = "store-timeout", type = "duration", default = "3s", help = "Timeout for store operations" },
+  { name = "store-dial-timeout", type = "duration", default = "3s", help = "Timeout when connecting to store" },
+  { name = "store-keepalive-time", type = "duration", default = "30s",
+    help = "Time after which client pings server to check transport" },
+  { name = "store-keepalive-timeout", type = "duration", default = "5s", help = "Timeout for store keepalive probe" },
+  { name = "store-ca-file", env = "STOLONCTL_STORE_CA_FILE",
+    help = "Verify certificates of HTTPS-enabled store servers using this CA bundle" },
+  { name = "store-cert-file", env = "STOLONCTL_STORE_CERT_FILE", help = "Certificate file for client identification to store" },
+  { name = "store-key", env = "STOLONCTL_STORE_KEY", help = "Private key file for client identification to the store" },
+  { name = "store-skip-tls-verify", type = "bool", env = "STOLONCTL_STORE_SKIP_TLS_VERIFY",
+    help = "Skip store server certificate validation" },
+}
+
+M.pgbouncer_flags = {
+  { name = "pgbouncer-user", default = "pgbouncer", help = "Admin user of PgBouncer" },
+  { name = "pgbouncer-password", env = "PGBOUNCER_PASSWORD", default = "", help = "Password for admin user" },
+  { name = "pgbouncer-database", default = "pgbouncer", help = "PgBouncer special database (inadvisable to change)" },
+  { name = "pgbouncer-socket-dir", default = "/var/run/postgresql", help = "Directory in which the unix socket resides" },
+  { name = "pgbouncer-host", default = "", help = "Reach the admin console over TCP at this host instead of the socket" },
+  { name = "pgbouncer-port", type = "int", default = "6432", help = "Port PgBouncer listens on" },
+  { name = "pgbouncer-config-file", default = "/etc/pgbouncer/pgbouncer.ini", help = "Path to PgBouncer config file" },
+  { name = "pgbouncer-config-template-file", default = "/etc/pgbouncer/pgbouncer.ini.template",
+    help = "Path to PgBouncer config template file" },
+}
+
+M.token_flags = {
+  { name = "token", env = "STBOUNCER_FAILOVER_TOKEN", default = "",
+    help = "Authentication token for pauser API (prefer --token-file or the environment: argv is public)" },
+  { name = "token-file", env = "STBOUNCER_FAILOVER_TOKEN_FILE", default = "",
+    help = "Read the pauser API token from this file" },
+}
+
+-- spec(list, ...) -> one flag list made of the given lists
+function M.spec(...)
+  local out = {}
+  for _, l in ipairs { ... } do
+    for _, f in ipairs(l) do out[#out + 1] = f end
+  end
+  return out
+end
+
+function M.setup_logging(opts)
+  if opts.debug then log.set_level("debug") end
+end
+
+-- token(opts) -> token string ("" when none) | nil, err
+function M.token(opts)
+  if opts.token_file and opts.token_file ~= "" then
+    local text, err = fs.read(opts.token_file)
+    if not text then return nil, ("--token-file: %s"):format(err) end
+    return (text:gsub("%s+$", ""))
+  end
+  return opts.token or ""
+end
+
+function M.clusterdata_key(opts)
+  return stolon.key(opts.store_prefix, opts.cluster_name)
+end
+
+-- connect_store(opts) -> etcd client | nil, err
+function M.connect_store(opts)
+  if opts.store_backend ~= "etcdv3" then
+    return nil, ("unsupported store backend: %s (only etcdv3)"):format(opts.store_backend)
+  end
+  if opts.cluster_name == "" then return nil, "--cluster-name (or $STOLONCTL_CLUSTER_NAME) is required" end
+  local function opt(v) if v ~= "" then return v end end
+  return etcd.connect {
+    endpoints = opts.store_endpoints,
+    timeout = opts.store_timeout,
+    dial_timeout = opts.store_dial_timeout,
+    ca_file = opt(opts.store_ca_file or ""),
+    cert_file = opt(opts.store_cert_file or ""),
+    key_file = opt(opts.store_key or ""),
+    skip_tls_verify = opts.store_skip_tls_verify,
+  }
+end
+
+-- read_clusterdata(client, key) -> cd, kv, revision | nil, err
+function M.read_clusterdata(client, key)
+  local res, err = client:get(key)
+  if not res then return nil, ("get %s: %s"):format(key, tostring(err)) end
+  local kv = res.kvs and res.kvs[1]
+  if not kv then return nil, ("no clusterdata found at %s"):format(key) end
+  local cd, derr = stolon.decode(kv.value, key)
+  if not cd then return nil, derr end
+  return cd, kv, res.revision
+end
+
+-- pgbouncer_admin(opts) -> admin connection (connects lazily, reconnects when dropped)
+function M.pgbouncer_admin(opts, timeout)
+  local conf = {
+    port = opts.pgbouncer_port,
+    user = opts.pgbouncer_user,
+    password = opts.pgbouncer_password ~= "" and opts.pgbouncer_password or nil,
+    dbname = opts.pgbouncer_database,
+    timeout = timeout or 5,
+  }
+  if opts.pgbouncer_host and opts.pgbouncer_host ~= "" then
+    conf.host = opts.pgbouncer_host
+  else
+    conf.socket_dir = opts.pgbouncer_socket_dir
+  end
+  return pgbouncer.connect(conf)
+end
+
+-- The original tool's metrics, same names and labels, plus ours (prefixed the same).
+local defs
+function M.metrics()
+  if defs then return defs end
+  defs = {
+    cluster_identifier = metrics.gauge("stolon_cluster_identifier", "Set to 1, is labelled with the cluster_name",
+      { "cluster_name" }),
+    shutdown_seconds = metrics.gauge("stolon_pgbouncer_shutdown_seconds",
+      "Shutdown time (received termination signal) since unix epoch in seconds"),
+    outstanding_connections = metrics.gauge("stolon_pgbouncer_outstanding_connections",
+      "Number of outstanding connections in PgBouncer during shutdown"),
+    store_poll_interval = metrics.gauge("stolon_pgbouncer_store_poll_interval", "Seconds between each store poll attempt"),
+    store_last_update_seconds = metrics.gauge("stolon_pgbouncer_store_last_update_seconds",
+      "Last time we received a value from our store as seconds since unix epoch"),
+    last_keeper_seconds = metrics.gauge("stolon_pgbouncer_last_keeper_seconds",
+      "Most recent primary keeper update time since unix epoch in seconds", { "keeper" }),
+    last_reload_seconds = metrics.gauge("stolon_pgbouncer_last_reload_seconds",
+      "Most recent PgBouncer reload time since unix epoch in seconds", { "keeper" }),
+    certificate_expiry = metrics.gauge("stolon_store_certificate_expiry_seconds",
+      "Expiry of the store client certificate as seconds since unix epoch", { "cert_file" }),
+    config_errors = metrics.counter("stolon_pgbouncer_config_errors_total",
+      "PgBouncer config renders or writes that failed (the previous config was kept)", { "reason" }),
+    clusterdata_errors = metrics.counter("stolon_pgbouncer_clusterdata_errors_total",
+      "Clusterdata documents that could not be used (malformed or without master)", { "reason" }),
+    reload_errors = metrics.counter("stolon_pgbouncer_reload_errors_total", "PgBouncer RELOADs that failed"),
+    pgbouncer_restarts = metrics.counter("stolon_pgbouncer_pgbouncer_restarts_total",
+      "Times the supervised PgBouncer exited and was started again"),
+    pauses = metrics.counter("stolon_pgbouncer_pauser_requests_total", "Pauser API requests", { "path", "status" }),
+    paused = metrics.gauge("stolon_pgbouncer_paused", "1 while the pauser holds PgBouncer paused"),
+  }
+  return defs
+end
+
+local function unix_now()
+  return os.time()
+end
+M.unix_now = unix_now
+
+-- serve_metrics(opts) -> server | nil (port 0) ; raises when the port cannot be bound
+function M.serve_metrics(opts)
+  if not opts.metrics_port or opts.metrics_port == 0 then return nil end
+  local http = require "http"
+  local srv, err = http.serve {
+    address = opts.metrics_address,
+    port = opts.metrics_port,
+    handler = function(req)
+      if req.path == "/metrics" then return metrics.handler(req) end
+      return 404, { error = "not found" }
+    end,
+  }
+  if not srv then error(("metrics listener %s:%d: %s"):format(opts.metrics_address, opts.metrics_port, err), 0) end
+  log.info { event = "metrics.listen", address = opts.metrics_address, port = opts.metrics_port }
+  return srv
+end
+
+-- certificate_expiry(file) -> unix seconds | nil, err (openssl, no shell)
+function M.certificate_expiry(file)
+  local code, out, err = proc.run { "openssl", "x509", "-noout", "-enddate", "-dateopt", "iso_8601", "-in", file }
+  if code ~= 0 then return nil, (err or ""):gsub("%s+$", "") end
+  local y, mo, d, h, mi, s = out:match("notAfter=(%d+)-(%d+)-(%d+) (%d+):(%d+):(%d+)")
+  if not y then return nil, "unrecognised openssl output: " .. out end
+  -- os.time interprets the table as local time; correct by the UTC offset
+  local t = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = s }
+  local utc = os.time(os.date("!*t", t))
+  return t + (t - utc)
+end
+
+-- follow(client, key, opts, fn): call fn(kv) for the current value of key and then
+-- for every change, in revision order, never twice for one revision. Watches the
+-- exact key; on a compacted revision or a broken watch it re-reads and watches
+-- again; every opts.poll_interval without events it also re-reads (a safety net).
+-- Returns when fn returns true; runs until cancelled otherwise. Task only.
+function M.follow(client, key, opts, fn)
+  local task = require "task"
+  local last = 0
+  local poll = opts.poll_interval or 60
+  local function deliver(kv)
+    if kv and kv.mod_revision and kv.mod_revision > last then
+      last = kv.mod_revision
+      return fn(kv)
+    end
+  end
+  local backoff = 0.1
+  while true do
+    local res, err = client:get(key)
+    if not res then
+      log.warn { event = "store_get_failed", key = key, error = tostring(err) }
+      task.sleep(backoff)
+      backoff = math.min(backoff * 2, 5)
+    else
+      backoff = 0.1
+      if opts.on_read then opts.on_read() end
+      if deliver(res.kvs and res.kvs[1]) then return true end
+      local w, werr = client:watch(key, { start_revision = (res.revision or 0) + 1 })
+      if not w then
+        log.warn { event = "store_watch_failed", key = key, error = tostring(werr) }
+        task.sleep(1)
+      else
+        while true do
+          local evs, e2, code = w:next(poll)
+          if evs then
+            if opts.on_read then opts.on_read() end
+            for _, ev in ipairs(evs) do
+              if ev.type == "put" and ev.key == key and deliver(ev) then
+                w:close()
+                return true
+              end
+            end
+          elseif code == "timeout" then
+            local r2 = client:get(key)
+            if r2 then
+              if opts.on_read then opts.on_read() end
+              if deliver(r2.kvs and r2.kvs[1]) then
+                w:close()
+                return true
+              end
+            end
+          else
+            log.warn { event = "store_watch_interrupted", key = key, error = tostring(e2), code = tostring(code),
+              msg = "re-reading and watching again" }
+            w:close()
+            break
+          end
+        end
+      end
+    end
+  end
+end
+
+function M.json(v)
+  return cjson.encode(v)
+end
+
+return M

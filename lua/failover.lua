@@ -1,0 +1,458 @@
+-- failover: the zero-downtime switch of the primary, as steps a policy puts in a
+-- pipeline (policies/failover.lua). Each step is a method taking the shared context;
+-- a site policy can reorder them, drop one, or add its own between them.
+--
+-- Steps (the original tool's pipeline, with the clean-up it defers):
+--   check_cluster_healthy     the cluster can lose one node
+--   health_check_clients      every pauser answers /health (PgBouncer reachable)
+--   acquire_lock              etcd lock <clusterdata key>/failover  -> release_lock
+--   shorten_sleep_interval    cluster.spec.sleepInterval CAS to 1s   -> restore_sleep_interval
+--   pause                     every PgBouncer, in parallel           -> resume
+--   failkeeper                mark the master keeper failed (CAS, or stolonctl)
+--   wait_for_recovery         watch clusterdata until a new healthy master has its sync standbys
+--   write_probe               optional: a write on the new master before RESUME
+local common = require "common"
+local duration = require "duration"
+local fs = require "fs"
+local log = require "log"
+local pauser_client = require "pauser_client"
+local pipeline = require "pipeline"
+local proc = require "proc"
+local stolon = require "stolon"
+local task = require "task"
+
+local M = {}
+M.__index = M
+
+M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_flags, {
+  { name = "health-check-only", type = "bool", help = "Only run the health checks, don't failover" },
+  { name = "dry-run", type = "bool", help = "Print the plan and run the checks; change nothing" },
+  { name = "pauser-port", default = "8080", help = "Port on which the pauser APIs are listening" },
+  { name = "pauser-scheme", default = "http", help = "http or https for the pauser API" },
+  { name = "pauser-ca-file", default = "", help = "CA bundle to verify HTTPS pausers" },
+  { name = "extra-pauser", type = "list", default = "",
+    help = "More pausers to pause (host:port, comma separated), e.g. on proxy nodes" },
+  { name = "health-check-timeout", type = "duration", default = "2s", help = "Timeout for health checking pause clients" },
+  { name = "cleanup-timeout", type = "duration", default = "10s", help = "Timeout for running deferred cleanup operations" },
+  { name = "lock-timeout", type = "duration", default = "5s", help = "Timeout for acquiring failover lock" },
+  { name = "lock-ttl", type = "duration", default = "15s",
+    help = "Lease of the failover lock: how long it outlives a killed failover" },
+  { name = "pause-timeout", type = "duration", default = "5s", help = "Timeout for pausing PgBouncer" },
+  { name = "pause-expiry", type = "duration", default = "25s", help = "Time to wait before resuming PgBouncer after pause" },
+  { name = "resume-timeout", type = "duration", default = "5s", help = "Timeout for issuing PgBouncer resumes" },
+  { name = "stolonctl-timeout", type = "duration", default = "5s", help = "Timeout for executing stolonctl commands" },
+  { name = "stolonctl", default = "",
+    help = "Mark the keeper failed with this stolonctl binary instead of our compare-and-swap" },
+  { name = "failover-sleep-interval", type = "duration", default = "1s",
+    help = "sleepInterval stolon uses during the failover (restored afterwards)" },
+  { name = "write-probe", default = "",
+    help = "libpq conninfo template ({{.Host}}, {{.Port}}) for a write on the new master before RESUME" },
+  { name = "allow-session-pooling", type = "bool",
+    help = "Fail over even if a PgBouncer uses pool_mode=session (PAUSE then waits for clients to leave)" },
+})
+
+-- prepare(argv) -> f. Parses flags, connects to the store, reads clusterdata and
+-- builds a client per pauser. Exits 2 on bad flags; raises on an unusable setup.
+function M.prepare(argv, info)
+  local opts = require("flags").parse_or_exit(M.flags, argv, info or {
+    command = "failover", description = "Run a zero-downtime failover of the Postgres primary" })
+  return M.setup(opts)
+end
+
+-- setup(opts) -> f, from parsed options (the store, token and pauser flags).
+function M.setup(opts)
+  common.setup_logging(opts)
+  local self = setmetatable({ opts = opts, log = log.with { component = "failover" }, ctx = {} }, M)
+  local token, terr = common.token(opts)
+  if not token then error(terr, 0) end
+  self.token = token
+  local client, cerr = common.connect_store(opts)
+  if not client then error(cerr, 0) end
+  self.client = client
+  self.key = common.clusterdata_key(opts)
+  local cd, kv = common.read_clusterdata(client, self.key)
+  if not cd then error("failed to get clusterdata: " .. tostring(kv), 0) end
+  self.initial = cd
+  self.pausers = {}
+  for _, k in ipairs(cd:keepers()) do
+    self.pausers[#self.pausers + 1] = self:pauser(k.keeper, k.host, opts.pauser_port)
+  end
+  for _, addr in ipairs(opts.extra_pauser) do
+    local h, p = addr:match("^%[?([^%]]+)%]?:(%d+)$")
+    if not h then error(("--extra-pauser %q: expected host:port"):format(addr), 0) end
+    self.pausers[#self.pausers + 1] = self:pauser(addr, h, p)
+  end
+  return self
+end
+
+function M:pauser(name, host, port)
+  return pauser_client.new {
+    name = name, host = host, port = port, token = self.token, scheme = self.opts.pauser_scheme,
+    ca_file = self.opts.pauser_ca_file ~= "" and self.opts.pauser_ca_file or nil,
+  }
+end
+
+-- each(fn) -> results | nil, err: fn(client) on every pauser in parallel; every
+-- failure is reported, each pauser's time logged.
+function M:each(event, fn)
+  local fns = {}
+  for i, c in ipairs(self.pausers) do
+    fns[i] = function()
+      local t0 = task.now()
+      local r, err = fn(c)
+      self.log.info { event = event, endpoint = c.name, elapsed = ("%.4f"):format(task.now() - t0),
+        error = err and tostring(err) or nil }
+      if r == nil then error(err, 0) end
+      return r
+    end
+  end
+  local res, err = task.all(fns)
+  if err then return nil, err end
+  return res
+end
+
+-- Compare-and-swap edit of clusterdata: edit(raw) -> new raw | nil, err. Retries
+-- when stolon wrote in between. Returns the new mod_revision.
+function M:cas(what, edit)
+  for _ = 1, 10 do
+    local res, err = self.client:get(self.key)
+    if not res then return nil, ("%s: get: %s"):format(what, tostring(err)) end
+    local kv = res.kvs and res.kvs[1]
+    if not kv then return nil, ("%s: no clusterdata at %s"):format(what, self.key) end
+    local new, eerr = edit(kv.value)
+    if not new then return nil, ("%s: %s"):format(what, eerr) end
+    if new == kv.value then return kv.mod_revision end
+    local r, terr = self.client:txn {
+      compare = { { key = self.key, target = "mod", result = "==", value = kv.mod_revision } },
+      success = { { put = { key = self.key, value = new } } },
+    }
+    if not r then return nil, ("%s: txn: %s"):format(what, tostring(terr)) end
+    if r.succeeded then return r.revision end
+    self.log.debug { event = "cas_retry", what = what, msg = "clusterdata changed underneath, retrying" }
+  end
+  return nil, what .. ": clusterdata kept changing (10 compare-and-swap attempts)"
+end
+
+-- ---- the steps ------------------------------------------------------------------
+
+function M:check_cluster_healthy()
+  self.log.info { event = "check_cluster_healthy", msg = "checking health of cluster" }
+  local cd, err = common.read_clusterdata(self.client, self.key)
+  if not cd then return nil, err end
+  local ok, why = cd:check_healthy(1)
+  if not ok then return nil, why end
+  self.ctx.old_master = cd:master()
+  return true
+end
+
+function M:health_check_clients()
+  self.log.info { event = "clients_health_check", msg = "health checking all clients" }
+  local res, err = self:each("client_health_check", function(c) return c:health(self.opts.health_check_timeout) end)
+  if not res then return nil, err end
+  for i, r in ipairs(res) do
+    local body = r[1]
+    local cfg = body.config or {}
+    if cfg.pool_mode == "session" and not self.opts.allow_session_pooling then
+      return nil, ("%s: PgBouncer uses pool_mode=session, where PAUSE waits for every client to disconnect "
+        .. "(pass --allow-session-pooling to fail over anyway)"):format(self.pausers[i].name)
+    end
+    if tonumber(cfg.server_login_retry) and tonumber(cfg.server_login_retry) > 2 then
+      self.log.warn { event = "server_login_retry_high", endpoint = self.pausers[i].name, value = cfg.server_login_retry,
+        msg = "a login that fails against the old primary stalls clients this many seconds after RESUME" }
+    end
+  end
+  return true
+end
+
+function M:acquire_lock()
+  self.log.info { event = "etcd_lock_acquire", msg = "acquiring failover lock in etcd" }
+  local h, err = self.client:lock(self.key .. "/failover", { timeout = self.opts.lock_timeout, ttl = self.opts.lock_ttl })
+  if not h then return nil, "failed to acquire failover lock: " .. tostring(err) end
+  self.ctx.lock = h
+  return true
+end
+
+function M:release_lock()
+  self.log.info { event = "etcd_lock_release", msg = "releasing failover lock in etcd" }
+  local h = self.ctx.lock
+  if not h then return true end
+  self.ctx.lock = nil
+  return h:unlock()
+end
+
+function M:shorten_sleep_interval()
+  local short = duration.format(self.opts.failover_sleep_interval)
+  local original
+  local rev, err = self:cas("shorten_sleep_interval", function(raw)
+    local cd, derr = stolon.decode(raw, self.key)
+    if not cd then return nil, derr end
+    original = cd:sleep_interval()
+    if not duration.parse(original) then return nil, ("invalid sleepInterval %q"):format(original) end
+    return stolon.with_sleep_interval(raw, short)
+  end)
+  if not rev then return nil, err end
+  self.ctx.original_sleep_interval, self.ctx.short_sleep_interval = original, short
+  self.log.info { event = "apply_short_sleep_interval", interval = short, original = original }
+  -- stolon components read the interval at their next tick: wait for them as the
+  -- original did (two of the old intervals), before anything is paused.
+  local wait = math.min(2 * duration.parse(original), 2 * 60)
+  if duration.parse(original) > self.opts.failover_sleep_interval then
+    self.log.info { event = "wait_until_sleep_interval_applies", seconds = wait }
+    task.sleep(wait)
+  end
+  return true
+end
+
+function M:restore_sleep_interval()
+  local original, short = self.ctx.original_sleep_interval, self.ctx.short_sleep_interval
+  if not original then return true end
+  local rev, err = self:cas("restore_sleep_interval", function(raw)
+    local cd, derr = stolon.decode(raw, self.key)
+    if not cd then return nil, derr end
+    if cd:sleep_interval() ~= short then
+      -- someone changed it meanwhile: theirs wins
+      self.log.warn { event = "sleep_interval_changed", found = cd:sleep_interval(), msg = "not restoring" }
+      return raw
+    end
+    return stolon.with_sleep_interval(raw, original)
+  end)
+  if not rev then return nil, err end
+  self.log.info { event = "restore_sleep_interval", interval = original }
+  return true
+end
+
+function M:pause()
+  self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
+  local o = self.opts
+  self.ctx.paused_at = task.now()
+  local res, err = self:each("pgbouncer_pause", function(c)
+    return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2)
+  end)
+  self.ctx.pause_done_at = task.now()
+  if not res then return nil, "failed to pause pgbouncers: " .. err end
+  return true
+end
+
+function M:resume()
+  self.log.info { event = "pgbouncer_resume", msg = "requesting all pgbouncers resume" }
+  local res, err = self:each("pgbouncer_resume", function(c) return c:resume(self.opts.resume_timeout) end)
+  self.ctx.resumed_at = task.now()
+  if self.ctx.paused_at then
+    self.log.info { event = "pgbouncer_resumed", duration = ("%.4f"):format(self.ctx.resumed_at - self.ctx.paused_at),
+      msg = "resumed all PgBouncers after duration seconds" }
+  end
+  if not res then return nil, "failed to resume pgbouncers: " .. err end
+  return true
+end
+
+function M:failkeeper()
+  local cd, err = common.read_clusterdata(self.client, self.key)
+  if not cd then return nil, err end
+  local master = cd:master()
+  if not master or not master.keeper then return nil, "could not identify master keeper" end
+  self.ctx.old_master = master
+  local o = self.opts
+  if o.stolonctl ~= "" then
+    local code, out, serr = proc.run {
+      o.stolonctl, "failkeeper", master.keeper,
+      "--cluster-name", o.cluster_name, "--store-backend", o.store_backend,
+      "--store-prefix", o.store_prefix, "--store-endpoints", table.concat(o.store_endpoints, ","),
+      timeout = o.stolonctl_timeout,
+    }
+    if code ~= 0 then
+      return nil, ("failed to run stolonctl failkeeper: %s %s %s"):format(tostring(code), out or "", serr or "")
+    end
+  else
+    local rev, cerr = self:cas("failkeeper", function(raw) return stolon.with_force_fail(raw, master.keeper) end)
+    if not rev then return nil, cerr end
+  end
+  self.ctx.failkeeper_at = task.now()
+  self.log.info { event = "failkeeper", keeper = master.keeper, msg = "marked the master keeper failed" }
+  return true
+end
+
+-- Remaining time before the pausers resume by themselves.
+function M:remaining()
+  local started = self.ctx.paused_at or task.now()
+  return self.opts.pause_expiry - (task.now() - started) - 0.5
+end
+
+function M:wait_for_recovery()
+  local old = self.ctx.old_master
+  local logger = log.with { component = "failover", key = self.key }
+  logger.info { msg = "waiting for stolon to report master change" }
+  local found
+  local left = self:remaining()
+  if left <= 0 then return nil, "no time left before the pause expires" end
+  local r = table.pack(task.timeout(left, function()
+    return common.follow(self.client, self.key, { poll_interval = 1 }, function(kv)
+      local cd, err = stolon.decode(kv.value, self.key)
+      if not cd then
+        logger.error { error = err, msg = "failed to parse clusterdata update" }
+        return false
+      end
+      local m, state, detail = cd:recovered(old.keeper)
+      if m then
+        found = m
+        return true
+      end
+      logger.info { event = state, master = stolon.describe(cd:master()), detail = detail }
+      return false
+    end)
+  end))
+  if not found then
+    return nil, r[1] == nil and "timed out waiting for successful recovery" or "recovery watch ended"
+  end
+  self.ctx.new_master = found
+  self.ctx.recovered_at = task.now()
+  logger.info { master = stolon.describe(found), msg = "master is available for writes" }
+  return true
+end
+
+function M:write_probe()
+  local tmpl_text = self.opts.write_probe
+  if tmpl_text == "" then return true end
+  local template = require "template"
+  local pg = require "pg"
+  local t, terr = template.compile(tmpl_text, "--write-probe")
+  if not t then return nil, terr end
+  local m = self.ctx.new_master
+  local conninfo, rerr = t:render { Host = m.host, Port = m.port or "5432" }
+  if not conninfo then return nil, rerr end
+  local deadline = task.now() + math.max(0.5, self:remaining())
+  local last
+  repeat
+    local conn, cerr = pg.connect(conninfo, { timeout = 2 })
+    if conn then
+      local rows, qerr = conn:query("SELECT txid_current() AS xid, pg_is_in_recovery() AS recovery")
+      conn:close()
+      if rows and rows[1] and rows[1].recovery == "f" then
+        self.log.info { event = "write_probe", host = m.host, xid = rows[1].xid }
+        return true
+      end
+      last = qerr or "new master still in recovery"
+    else
+      last = cerr
+    end
+    task.sleep(0.05)
+  until task.now() > deadline
+  return nil, "write probe on the new master failed: " .. tostring(last)
+end
+
+-- ---- the pipeline and the run ------------------------------------------------------
+
+-- pipeline(self) -> the standard pipeline, steps bound to self.
+function M:pipeline(display)
+  local p = pipeline.new { cleanup_timeout = self.opts.cleanup_timeout, on_event = display, logger = self.log }
+  local function bind(name) return function() return self[name](self) end end
+  p:step("check_cluster_healthy", bind("check_cluster_healthy"))
+  p:step("health_check_clients", bind("health_check_clients"))
+  p:step("acquire_lock", bind("acquire_lock")):defer("release_lock", bind("release_lock"))
+  p:step("shorten_sleep_interval", bind("shorten_sleep_interval")):defer("restore_sleep_interval",
+    bind("restore_sleep_interval"))
+  p:step("pause", bind("pause")):defer("resume", bind("resume"))
+  p:step("failkeeper", bind("failkeeper"))
+  p:step("wait_for_recovery", bind("wait_for_recovery"))
+  p:step("write_probe", bind("write_probe"))
+  return p
+end
+
+-- display(): live progress on a terminal (stdout), nothing otherwise.
+function M.display()
+  if not fs.isatty(1) then return nil end
+  return function(ev)
+    if ev.phase == "start" then
+      io.stdout:write(("  … %-24s"):format(ev.name))
+    else
+      io.stdout:write(("\r  %s %-24s %8.1f ms%s\n"):format(ev.ok and "✓" or "✗", ev.name, ev.duration * 1000,
+        ev.error and ("  " .. ev.error) or ""))
+    end
+    io.stdout:flush()
+  end
+end
+
+-- summary(p) -> table of figures; also printed and logged.
+function M:summary(p, ok, err)
+  local c = self.ctx
+  local s = {
+    ok = ok and true or false,
+    error = err,
+    total_seconds = p.report.total,
+    pause_window_seconds = c.paused_at and c.resumed_at and (c.resumed_at - c.paused_at) or nil,
+    manager_seconds = c.failkeeper_at and c.recovered_at and (c.recovered_at - c.failkeeper_at) or nil,
+    old_master = c.old_master and stolon.describe(c.old_master) or nil,
+    new_master = c.new_master and stolon.describe(c.new_master) or nil,
+    steps = p.report.steps,
+  }
+  if s.pause_window_seconds and s.manager_seconds then
+    s.ours_seconds = s.pause_window_seconds - s.manager_seconds
+  end
+  local function ms(v) return v and ("%.1f ms"):format(v * 1000) or "-" end
+  local lines = { "", ok and "failover succeeded" or ("failover FAILED: " .. tostring(err)) }
+  for _, st in ipairs(p.report.steps) do
+    lines[#lines + 1] = ("  %-7s %-24s %10s  %s%s"):format(st.kind, st.name, ms(st.duration), st.status,
+      st.error and ("  " .. st.error) or "")
+  end
+  lines[#lines + 1] = ("  total %s; pause window %s (cluster manager %s, ours %s)"):format(ms(s.total_seconds),
+    ms(s.pause_window_seconds), ms(s.manager_seconds), ms(s.ours_seconds))
+  lines[#lines + 1] = ("  old master %s -> new master %s"):format(s.old_master or "-", s.new_master or "-")
+  io.stdout:write(table.concat(lines, "\n") .. "\n")
+  io.stdout:flush()
+  self.log.info { event = "failover_summary", ok = s.ok, error = err, total = ("%.4f"):format(s.total_seconds or 0),
+    pause_window = s.pause_window_seconds and ("%.4f"):format(s.pause_window_seconds) or nil,
+    manager = s.manager_seconds and ("%.4f"):format(s.manager_seconds) or nil,
+    old_master = s.old_master, new_master = s.new_master }
+  return s
+end
+
+-- plan(): what a run would do, for --dry-run.
+function M:plan(p)
+  local lines = { ("failover plan for %s (%d pausers):"):format(self.key, #self.pausers) }
+  for i, s in ipairs(p.steps) do
+    lines[#lines + 1] = ("  %d. %s%s"):format(i, s.name, s.defer and ("  (undo: " .. s.defer.name .. ")") or "")
+  end
+  for _, c in ipairs(self.pausers) do lines[#lines + 1] = "  pauser " .. c.name .. " at " .. c.base end
+  local m = self.initial:master()
+  lines[#lines + 1] = "  current master: " .. stolon.describe(m)
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- run(p) -> exit status. Runs p in its own task; INT/TERM/QUIT cancel it (its
+-- defers still run: resume, restore, unlock); a second signal exits at once.
+function M:run(p)
+  local o = self.opts
+  if o.health_check_only or o.dry_run then
+    if o.dry_run then io.stdout:write(self:plan(p)) end
+    local ok, err = self:check_cluster_healthy()
+    if ok then ok, err = self:health_check_clients() end
+    if not ok then
+      self.log.error { error = tostring(err), msg = "exiting with error" }
+      return 1
+    end
+    self.log.info { event = "checks_passed", msg = o.dry_run and "dry run: nothing changed" or "all clients healthy" }
+    return 0
+  end
+  local h = task.named("failover", function() return p:run(self.ctx) end)
+  local signals = {}
+  for _, sig in ipairs { "INT", "TERM", "QUIT" } do
+    signals[#signals + 1] = task.on_signal(sig, function(name)
+      if self.ctx.interrupted then
+        self.log.error { event = "second_signal", msg = "received second signal, exiting immediately" }
+        os.exit(1)
+      end
+      self.ctx.interrupted = name
+      self.log.warn { event = "interrupted", signal = name, msg = "cancelling the failover; clean-up runs" }
+      h:cancel()
+    end)
+  end
+  local _, ok, err = h:wait()
+  for _, s in ipairs(signals) do s:stop() end
+  self:summary(p, ok, err)
+  if not ok then
+    self.log.error { error = tostring(err), msg = "exiting with error" }
+    return 1
+  end
+  return 0
+end
+
+return M

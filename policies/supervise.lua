@@ -1,0 +1,276 @@
+-- supervise: keep a PgBouncer pointed at the current stolon primary.
+--
+-- Waits for a primary, renders the config template with its address, starts
+-- PgBouncer, and from then on re-renders and RELOADs only when the primary's address
+-- changes. A malformed document, a bad template or a failed write never replaces
+-- the last good config. On TERM/INT/QUIT: wait the grace period, DISABLE every
+-- database, wait for clients to drain, then stop PgBouncer.
+--
+-- Copy this file and run it with `stolon-pgbouncer supervise --policy FILE` to change
+-- what happens; the steps below are the whole behaviour.
+local common = require "common"
+local flags = require "flags"
+local fs = require "fs"
+local log = require "log"
+local proc = require "proc"
+local task = require "task"
+local template = require "template"
+
+local spec = common.spec(common.global_flags, common.stolon_flags, common.pgbouncer_flags, {
+  { name = "poll-interval", type = "duration", default = "1m", help = "Store poll interval (safety net; we also watch)" },
+  { name = "pgbouncer-timeout", type = "duration", default = "5s", help = "Timeout for PgBouncer operations" },
+  { name = "pgbouncer-retry-timeout", type = "duration", default = "5s",
+    help = "Retry failed PgBouncer operations at this interval" },
+  { name = "termination-grace-period", type = "duration", default = "5s",
+    help = "Pause before rejecting new PgBouncer connections (on shutdown)" },
+  { name = "termination-poll-interval", type = "duration", default = "10s",
+    help = "Poll PgBouncer for outstanding connections at this rate" },
+  { name = "child-process", type = "bool", default = "true",
+    help = "Run PgBouncer as our child (--no-child-process: only render and RELOAD)" },
+  { name = "pgbouncer-binary", default = "pgbouncer", help = "PgBouncer program to run" },
+  { name = "restart-backoff", type = "duration", default = "1s",
+    help = "First delay before restarting a PgBouncer that exited (doubles up to 30s)" },
+})
+
+local opts = flags.parse_or_exit(spec, arg, { command = "supervise", description = "Manages local PgBouncer" })
+common.setup_logging(opts)
+local m = common.metrics()
+local L = log.with { component = "supervise" }
+
+m.cluster_identifier:set(1, { cluster_name = opts.cluster_name })
+m.store_poll_interval:set(opts.poll_interval)
+common.serve_metrics(opts)
+
+-- The template is read once, at start-up: a broken file stops us before anything
+-- is touched. (The original refused templates without extra_float_digits too.)
+local function load_template()
+  local text, err = fs.read(opts.pgbouncer_config_template_file)
+  if not text then return nil, err end
+  if not text:match("ignore_startup_parameters%s*=[^\n]*extra_float_digits") then
+    return nil, ("PgBouncer is misconfigured: expected config file '%s' to define "
+      .. "'ignore_startup_parameters' to include 'extra_float_digits'"):format(opts.pgbouncer_config_template_file)
+  end
+  return template.compile(text, opts.pgbouncer_config_template_file)
+end
+
+local tmpl, terr = load_template()
+if not tmpl then
+  L.error { event = "template_invalid", error = terr }
+  return 1
+end
+
+local client, cerr = common.connect_store(opts)
+if not client then
+  L.error { event = "store_connect_failed", error = cerr }
+  return 1
+end
+local key = common.clusterdata_key(opts)
+local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
+local stolon = require "stolon"
+
+local state = {
+  latest = nil,         -- newest kv seen
+  applied_host = nil,   -- host:port PgBouncer was last reloaded to
+  changed = task.event(),
+  child = nil,
+  stopping = false,
+  started = task.event(),
+}
+
+-- Render and write the config for master m. Returns true, or nil, err (old config kept).
+local function write_config(master, cd)
+  local ctx = {
+    Host = master.host, Port = master.port or "", Keeper = master.keeper or "", DbUID = master.uid,
+    ClusterName = opts.cluster_name, MasterDbUID = cd:master_uid() or "",
+  }
+  local text, err = tmpl:render(ctx)
+  if not text then
+    m.config_errors:inc(1, { reason = "render" })
+    return nil, err
+  end
+  local _, werr = fs.write_atomic(opts.pgbouncer_config_file, text)
+  if werr then
+    m.config_errors:inc(1, { reason = "write" })
+    return nil, werr
+  end
+  return true
+end
+
+local function wait_admin_ready(timeout)
+  local deadline = task.now() + timeout
+  local err
+  repeat
+    local rows
+    rows, err = admin:show("VERSION")
+    if rows then return true end
+    task.sleep(0.05)
+  until task.now() > deadline
+  return nil, err
+end
+
+local function start_pgbouncer()
+  local p, err = proc.spawn { opts.pgbouncer_binary, opts.pgbouncer_config_file }
+  if not p then return nil, err end
+  state.child = p
+  L.info { event = "pgbouncer_started", pid = p:pid() }
+  return wait_admin_ready(10)
+end
+
+-- Keep the child PgBouncer running: if it exits while we are not stopping, start
+-- it again with the current config, backing off (documented in the README).
+local function keep_alive()
+  local backoff = opts.restart_backoff
+  while not state.stopping do
+    local code, sig = state.child:wait()
+    if state.stopping then return end
+    L.error { event = "pgbouncer_exited", code = tostring(code), signal = tostring(sig), restart_in = backoff }
+    m.pgbouncer_restarts:inc()
+    task.sleep(backoff)
+    if state.stopping then return end
+    local ok, err = start_pgbouncer()
+    if ok then
+      backoff = opts.restart_backoff
+    else
+      L.error { event = "pgbouncer_restart_failed", error = tostring(err) }
+      backoff = math.min(backoff * 2, 30)
+    end
+  end
+end
+
+-- Act on the newest clusterdata: called by the single worker task.
+local function apply(kv)
+  local cd, err = stolon.decode(kv.value, key)
+  if not cd then
+    m.clusterdata_errors:inc(1, { reason = "malformed" })
+    L.error { event = "clusterdata_invalid", key = key, revision = kv.mod_revision, error = err,
+      msg = "keeping the current PgBouncer config" }
+    return true
+  end
+  local master = cd:master()
+  if not master or not master.host then
+    m.clusterdata_errors:inc(1, { reason = "no_master" })
+    L.info { event = "clusterdata_no_master", msg = "no master found, not reloading PgBouncer" }
+    return true
+  end
+  local addr = master.host .. ":" .. tostring(master.port)
+  if addr == state.applied_host then return true end
+  m.last_keeper_seconds:set(common.unix_now(), { keeper = master.keeper })
+  L.info { event = "generate_configuration", host = master.host, port = master.port, keeper = master.keeper }
+  local ok, werr = write_config(master, cd)
+  if not ok then
+    L.error { event = "config_write_failed", error = werr, msg = "keeping the current PgBouncer config" }
+    return nil, werr
+  end
+  if opts.child_process and not state.child then
+    local sok, serr = start_pgbouncer()
+    if not sok then return nil, "start pgbouncer: " .. tostring(serr) end
+    task.named("pgbouncer-keepalive", keep_alive)
+  else
+    L.info { event = "reload" }
+    local rok, rerr = admin:reload()
+    if not rok then
+      m.reload_errors:inc()
+      return nil, "reload: " .. tostring(rerr)
+    end
+  end
+  state.applied_host = addr
+  m.last_reload_seconds:set(common.unix_now(), { keeper = master.keeper })
+  L.info { event = "reloaded", host = master.host, keeper = master.keeper, revision = kv.mod_revision }
+  state.started:set()
+  return true
+end
+
+local function worker()
+  local done_rev = 0
+  while true do
+    state.changed:wait()
+    while state.latest and state.latest.mod_revision > done_rev do
+      local kv = state.latest
+      local ok, err = apply(kv)
+      if ok then
+        done_rev = kv.mod_revision
+      else
+        L.error { event = "apply_failed", error = tostring(err), retry_in = opts.pgbouncer_retry_timeout }
+        -- retry after the interval, or sooner if a newer document arrives
+        state.changed:wait(opts.pgbouncer_retry_timeout)
+      end
+    end
+  end
+end
+
+local function watcher()
+  common.follow(client, key, {
+    poll_interval = opts.poll_interval,
+    on_read = function() m.store_last_update_seconds:set(common.unix_now()) end,
+  }, function(kv)
+    if not state.latest or kv.mod_revision > state.latest.mod_revision then
+      state.latest = kv
+      state.changed:set()
+    end
+  end)
+end
+
+local function drain_and_stop()
+  if not state.child then return end
+  L.info { event = "termination_grace_period", msg = "waiting for grace period", seconds = opts.termination_grace_period }
+  task.sleep(opts.termination_grace_period)
+  L.info { event = "disable", msg = "disabling new PgBouncer connections" }
+  local dbs = admin:show("DATABASES")
+  for _, db in ipairs(dbs or {}) do
+    if db.name ~= "pgbouncer" then
+      local ok, err = admin:disable(db.name)
+      if not ok then L.error { event = "disable_failed", database = db.name, error = tostring(err) } end
+    end
+  end
+  while true do
+    local rows, err = admin:show("DATABASES")
+    if not rows then
+      L.error { event = "pgbouncer.error", error = tostring(err), msg = "could not contact PgBouncer" }
+      break
+    end
+    local total = 0
+    for _, db in ipairs(rows) do
+      local n = tonumber(db.current_connections) or 0
+      if db.name ~= "pgbouncer" then total = total + n end
+      if n > 0 and db.name ~= "pgbouncer" then
+        L.info { event = "outstanding_connections", database = db.name, count = n }
+      end
+    end
+    m.outstanding_connections:set(total)
+    if total == 0 then break end
+    L.info { event = "shutdown_pending", total = total,
+      msg = "waiting for outstanding connections to complete before terminating PgBouncer" }
+    task.sleep(opts.termination_poll_interval)
+  end
+  L.info { event = "idle", msg = "no more connections in PgBouncer, shutting down" }
+  state.child:signal("INT") -- PgBouncer's safe shutdown
+  if not state.child:wait(10) then
+    state.child:signal("KILL")
+    state.child:wait(5)
+  end
+end
+
+local main_tasks = {}
+local done = task.event()
+local function shutdown(signame)
+  if state.stopping then
+    L.error { event = "second_signal", msg = "received second signal, exiting immediately" }
+    if state.child then state.child:signal("TERM") end
+    os.exit(1)
+  end
+  state.stopping = true
+  m.shutdown_seconds:set(common.unix_now())
+  L.info { event = "shutdown_requested", signal = signame }
+  for _, t in ipairs(main_tasks) do t:cancel() end
+  drain_and_stop()
+  done:set()
+end
+for _, sig in ipairs { "TERM", "INT", "QUIT" } do task.on_signal(sig, shutdown) end
+
+L.info { event = "start", key = key, endpoints = table.concat(opts.store_endpoints, ","),
+  child_process = opts.child_process }
+main_tasks[#main_tasks + 1] = task.named("worker", worker)
+main_tasks[#main_tasks + 1] = task.named("watcher", watcher)
+done:wait()
+L.info { event = "shutdown" }
+return 0
