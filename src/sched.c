@@ -41,6 +41,7 @@ struct spgb_task {
     bool root;
     bool observed; /* its failure is reported by whoever spawned it (all, timeout) */
     spgb_op *op;
+    const char *op_name; /* copied at wait: the op may be freed by its cancel */
     uv_timer_t *timer;
     spgb_task *parent, *child, *sibling_next, *sibling_prev;
     spgb_task *run_next;  /* run queue */
@@ -145,6 +146,7 @@ static void timer_fire(uv_timer_t *h)
     } else {
         op->state = OP_CANCELLED;
         t->wake = WAKE_TIMEOUT;
+        t->op = NULL; /* cancel may free it */
         if (op->cancel)
             op->cancel(op);
     }
@@ -171,13 +173,14 @@ int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lu
     if (t->cancel_raise) {
         /* Cancelled while running: do not start waiting, abandon the I/O. */
         t->cancel_raise = false;
-        if (op->state != OP_DONE && op->cancel)
+        int was_done = op->state == OP_DONE;
+        op->state = OP_CANCELLED; /* before cancel/push, which may free it */
+        if (!was_done && op->cancel) {
             op->cancel(op);
-        else if (op->state == OP_DONE && op->push) {
+        } else if (was_done && op->push) {
             int n = op->push(L, op);
             lua_pop(L, n);
         }
-        op->state = OP_CANCELLED;
         lua_pushliteral(L, "cancelled");
         return lua_error(L);
     }
@@ -189,6 +192,7 @@ int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lu
     }
     op->task = t;
     t->op = op;
+    t->op_name = op->name ? op->name : "operation";
     t->wake = op->state == OP_DONE ? WAKE_DONE : WAKE_NONE;
     if (timeout > 0 && op->state == OP_PENDING) {
         if (!t->timer) {
@@ -412,11 +416,14 @@ static void run_task(spgb_task *t)
         t->op = NULL;
         switch (t->wake) {
         case WAKE_DONE:
-            nargs = op && op->push ? op->push(co, op) : 0;
+            if (op) {
+                op->state = OP_IDLE; /* before push, which may free it */
+                nargs = op->push ? op->push(co, op) : 0;
+            }
             break;
         case WAKE_TIMEOUT:
             lua_pushnil(co);
-            lua_pushfstring(co, "%s: timeout", op && op->name ? op->name : "operation");
+            lua_pushfstring(co, "%s: timeout", t->op_name ? t->op_name : "operation");
             lua_pushliteral(co, "timeout");
             nargs = 3;
             break;
@@ -426,8 +433,6 @@ static void run_task(spgb_task *t)
             nargs = 0;
             break;
         }
-        if (op)
-            op->state = OP_IDLE;
     }
     t->nargs = nargs;
     t->state = T_RUNNING;
@@ -535,6 +540,7 @@ void spgb_task_cancel(spgb_task *t)
             if (t->timer)
                 uv_timer_stop(t->timer);
             t->wake = WAKE_CANCEL;
+            t->op = NULL; /* cancel may free it */
             if (op->cancel)
                 op->cancel(op);
             enqueue(t);
