@@ -31,6 +31,7 @@ typedef struct proc {
     uv_write_t wreq;
     int refs;
     int open_pipes;
+    struct proc *next, *prev; /* every proc with open handles, for shutdown */
     bool exited;
     int64_t status;
     int termsig;
@@ -39,10 +40,24 @@ typedef struct proc {
     bool waiting;
 } proc;
 
+static proc *procs;
+
+static void unlink_proc(proc *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (procs == p)
+        procs = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->next = p->prev = NULL;
+}
+
 static void unref(proc *p)
 {
     if (--p->refs > 0)
         return;
+    unlink_proc(p);
     for (int i = 0; i < 3; i++)
         free(p->out[i].p);
     free(p->input);
@@ -222,18 +237,22 @@ static int l_spawn(lua_State *L)
             }
         }
         envp = lua_newuserdatauv(L, sizeof(char *) * (size_t)(n + extra + 1), 0);
+        /* NAME=value strings are anchored in their own table: adding keys to env
+         * while lua_next walks it would be undefined. */
+        lua_createtable(L, extra, 0);
+        int anchor = lua_gettop(L);
         int k = 0;
         if (lua_istable(L, envt)) {
             lua_pushnil(L);
-            while (lua_next(L, envt)) {
-                const char *kv = lua_pushfstring(L, "%s=%s", luaL_checkstring(L, -2),
-                                                 luaL_tolstring(L, -1, NULL));
-                lua_pop(L, 1);
-                /* keep kv alive: store it in the env table's uservalue-less anchor */
-                lua_pushvalue(L, -1);
-                lua_rawsetp(L, envt, (void *)(intptr_t)(k + 1));
+            while (lua_next(L, envt) && k < extra) {
+                if (lua_type(L, -2) != LUA_TSTRING)
+                    return luaL_error(L, "proc.spawn: env keys must be strings");
+                const char *name = lua_tostring(L, -2);
+                const char *val = luaL_tolstring(L, -1, NULL);
+                const char *kv = lua_pushfstring(L, "%s=%s", name, val);
                 envp[k++] = kv;
-                lua_pop(L, 2);
+                lua_rawseti(L, anchor, k); /* pops kv */
+                lua_pop(L, 2);           /* tolstring result, value */
             }
         }
         for (int i = 0; i < n; i++) {
@@ -337,6 +356,10 @@ static int l_spawn(lua_State *L)
     }
     p->pid = p->h.pid;
     p->refs = 2; /* the userdata and the process handle */
+    p->next = procs;
+    if (procs)
+        procs->prev = p;
+    procs = p;
     for (int i = 0; i < 3; i++) {
         if (!p->piped[i])
             continue;
@@ -478,8 +501,22 @@ static const char proc_lua[] =
     "end\n"
     "return M\n";
 
+/* At shutdown: close our handles with the callbacks that free each proc (children
+ * keep running; only our handles on them go). */
+static void close_all(void)
+{
+    for (proc *p = procs; p; p = p->next) {
+        if (!uv_is_closing((uv_handle_t *)&p->h))
+            uv_close((uv_handle_t *)&p->h, handle_closed);
+        for (int i = 0; i < 3; i++)
+            if (p->piped[i] && !uv_is_closing((uv_handle_t *)&p->pipes[i]))
+                uv_close((uv_handle_t *)&p->pipes[i], pipe_closed);
+    }
+}
+
 int luaopen_proc(lua_State *L)
 {
+    spgb_sched_at_close(close_all);
     static const luaL_Reg methods[] = {
         {"wait", l_wait},       {"signal", l_signal}, {"pid", l_pid},
         {"running", l_running}, {"output", l_output}, {NULL, NULL},

@@ -1182,9 +1182,23 @@ void spgb_sched_shutdown(lua_State *L)
     S.ready = false;
 }
 
+static void (*at_close[16])(void);
+static int n_at_close;
+
+void spgb_sched_at_close(void (*fn)(void))
+{
+    for (int i = 0; i < n_at_close; i++)
+        if (at_close[i] == fn)
+            return;
+    if (n_at_close < (int)(sizeof at_close / sizeof at_close[0]))
+        at_close[n_at_close++] = fn;
+}
+
 /* After lua_close: close whatever handles units still own and empty the loop. */
 void spgb_sched_close_loop(void)
 {
+    for (int i = 0; i < n_at_close; i++)
+        at_close[i]();
     uv_walk(S.loop, close_any, NULL);
     uv_run(S.loop, UV_RUN_DEFAULT);
     uv_loop_close(S.loop);

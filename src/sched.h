@@ -97,6 +97,9 @@ void spgb_task_set_root(spgb_task *t);
 
 /* After lua_close: close handles units still own, run the loop empty, close it. */
 void spgb_sched_close_loop(void);
+/* Register fn to run at spgb_sched_close_loop, before the remaining handles are
+ * closed, so a unit closes its own handles with callbacks that free its memory. */
+void spgb_sched_at_close(void (*fn)(void));
 
 /* "TERM" / "SIGTERM" -> SIGTERM (0 when unknown); the reverse. */
 int spgb_signal_number(const char *name);

@@ -1,0 +1,543 @@
+/*
+ * curlm: the shared libcurl multi handle on the libuv loop. See curlm.h.
+ *
+ * Memory: socket contexts (uv_poll) and the timer are malloc'd and freed in their
+ * libuv close callbacks, never in __gc. Transfers are owned by their creators; the
+ * multi only links the running ones so shutdown can detach them.
+ */
+#include "curlm.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CURLM_MT "spgb.curlm"
+#define DEFAULT_MAX_BODY ((size_t)64 << 20)
+
+typedef struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct sock_ctx *next, *prev;
+} sock_ctx;
+
+static struct {
+    CURLM *multi;
+    uv_timer_t *timer;
+    spgb_xfer *xfers; /* running transfers */
+    sock_ctx *socks;  /* live poll handles */
+    bool global_done;
+} M;
+
+/* ---- buffers -------------------------------------------------------------- */
+
+bool spgb_buf_append(spgb_buf *b, const void *data, size_t n)
+{
+    if (b->cap - b->len < n + 1) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap - b->len < n + 1) {
+            if (cap > SIZE_MAX / 2)
+                return false;
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        if (!p)
+            return false;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return true;
+}
+
+void spgb_buf_consume(spgb_buf *b, size_t n)
+{
+    if (n >= b->len) {
+        b->len = 0;
+    } else {
+        memmove(b->p, b->p + n, b->len - n);
+        b->len -= n;
+    }
+    if (b->p)
+        b->p[b->len] = 0;
+}
+
+void spgb_buf_free(spgb_buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- libuv <-> libcurl ---------------------------------------------------- */
+
+static void check_info(void)
+{
+    CURLMsg *msg;
+    int left;
+    while (M.multi && (msg = curl_multi_info_read(M.multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        spgb_xfer *x = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&x);
+        /* msg is invalid after this call: everything needed was copied above. */
+        curl_multi_remove_handle(M.multi, easy);
+        if (!x)
+            continue;
+        if (x->prev)
+            x->prev->next = x->next;
+        else if (M.xfers == x)
+            M.xfers = x->next;
+        if (x->next)
+            x->next->prev = x->prev;
+        x->next = x->prev = NULL;
+        x->active = false;
+        x->result = rc;
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &x->status);
+        x->finished = true;
+        if (x->on_done)
+            x->on_done(x);
+    }
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    sock_ctx *s = h->data;
+    int flags = 0;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    int running;
+    if (M.multi) {
+        curl_multi_socket_action(M.multi, s->fd, flags, &running);
+        check_info();
+    }
+}
+
+static void on_timer(uv_timer_t *h)
+{
+    (void)h;
+    int running;
+    if (M.multi) {
+        curl_multi_socket_action(M.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        check_info();
+    }
+}
+
+static void sock_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void sock_release(sock_ctx *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (M.socks == s)
+        M.socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    uv_close((uv_handle_t *)&s->poll, sock_closed);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: only (un)registers interest with libuv. */
+static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *sockp)
+{
+    (void)easy;
+    (void)userp;
+    sock_ctx *s = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            if (M.multi)
+                curl_multi_assign(M.multi, fd, NULL);
+            sock_release(s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s)
+            return -1;
+        s->fd = fd;
+        if (uv_poll_init_socket(spgb_loop(), &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        s->next = M.socks;
+        if (M.socks)
+            M.socks->prev = s;
+        M.socks = s;
+        curl_multi_assign(M.multi, fd, s);
+    }
+    int ev = 0;
+    if (what & CURL_POLL_IN)
+        ev |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        ev |= UV_WRITABLE;
+    if (uv_poll_start(&s->poll, ev, on_poll) != 0)
+        return -1;
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: one uv timer; a 0 ms timeout fires on the next loop
+ * iteration, so socket_action is never called from inside libcurl. */
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    (void)userp;
+    if (!M.timer)
+        return -1;
+    if (timeout_ms < 0)
+        return uv_timer_stop(M.timer) == 0 ? 0 : -1;
+    return uv_timer_start(M.timer, on_timer, (uint64_t)timeout_ms, 0) == 0 ? 0 : -1;
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* __gc of the registry anchor, run by lua_close: detach every running transfer
+ * (owners still free them), drop the multi and close our libuv handles. */
+static int l_curlm_gc(lua_State *L)
+{
+    (void)L;
+    if (!M.multi)
+        return 0;
+    while (M.xfers) {
+        spgb_xfer *x = M.xfers;
+        M.xfers = x->next;
+        curl_multi_remove_handle(M.multi, x->easy);
+        x->active = false;
+        x->next = x->prev = NULL;
+    }
+    curl_multi_cleanup(M.multi);
+    M.multi = NULL;
+    while (M.socks)
+        sock_release(M.socks);
+    if (M.timer) {
+        uv_timer_stop(M.timer);
+        uv_close((uv_handle_t *)M.timer, timer_closed);
+        M.timer = NULL;
+    }
+    return 0;
+}
+
+void spgb_curlm_open(lua_State *L)
+{
+    if (M.multi)
+        return;
+    if (!M.global_done) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            luaL_error(L, "curl_global_init failed");
+        M.global_done = true;
+    }
+    uv_timer_t *t = malloc(sizeof *t);
+    if (!t)
+        luaL_error(L, "curlm: out of memory");
+    int rc = uv_timer_init(spgb_loop(), t);
+    if (rc != 0) {
+        free(t);
+        luaL_error(L, "curlm: uv_timer_init: %s", uv_strerror(rc));
+    }
+    CURLM *m = curl_multi_init();
+    if (!m) {
+        uv_close((uv_handle_t *)t, timer_closed);
+        luaL_error(L, "curlm: curl_multi_init failed");
+    }
+    M.timer = t;
+    M.multi = m;
+    if (curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, sock_cb) != CURLM_OK ||
+        curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK) {
+        l_curlm_gc(L);
+        luaL_error(L, "curlm: curl_multi_setopt failed");
+    }
+    /* Reuse connections; a watch stream holds its own connection for its life. */
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 64L);
+    lua_newuserdatauv(L, 1, 0);
+    if (luaL_newmetatable(L, CURLM_MT)) {
+        lua_pushcfunction(L, l_curlm_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)&M);
+}
+
+/* ---- transfers ------------------------------------------------------------ */
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    spgb_xfer *x = userdata;
+    size_t n = size * nmemb;
+    size_t max = x->max_body ? x->max_body : DEFAULT_MAX_BODY;
+    if (x->body.len + n > max || !spgb_buf_append(&x->body, ptr, n)) {
+        x->oom = true;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    if (x->on_data)
+        x->on_data(x);
+    return n;
+}
+
+static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
+{
+    spgb_xfer *x = userdata;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp(ptr, "HTTP/", 5) == 0)
+        x->head.len = 0; /* a new response (after 100 Continue): keep the last */
+    if (x->head.len + n > 256 * 1024 || !spgb_buf_append(&x->head, ptr, n)) {
+        x->oom = true;
+        return 0;
+    }
+    return n;
+}
+
+spgb_xfer *spgb_xfer_new(const char *url)
+{
+    spgb_xfer *x = calloc(1, sizeof *x);
+    if (!x)
+        return NULL;
+    x->easy = curl_easy_init();
+    if (!x->easy) {
+        free(x);
+        return NULL;
+    }
+    CURL *e = x->easy;
+    if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) {
+        curl_easy_cleanup(e);
+        free(x);
+        return NULL;
+    }
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 10L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 5L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#endif
+    return x;
+}
+
+bool spgb_xfer_header(spgb_xfer *x, const char *line)
+{
+    struct curl_slist *l = curl_slist_append(x->headers, line);
+    if (!l)
+        return false;
+    x->headers = l;
+    return curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers) == CURLE_OK;
+}
+
+bool spgb_xfer_body(spgb_xfer *x, const char *data, size_t len)
+{
+    /* No "Expect: 100-continue" round trip for larger bodies. */
+    if (!spgb_xfer_header(x, "Expect:"))
+        return false;
+    if (curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len) != CURLE_OK)
+        return false;
+    return curl_easy_setopt(x->easy, CURLOPT_COPYPOSTFIELDS, data) == CURLE_OK;
+}
+
+void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file,
+                   const char *key_file, bool skip_verify)
+{
+    CURL *e = x->easy;
+    if (ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+    if (cert_file)
+        curl_easy_setopt(e, CURLOPT_SSLCERT, cert_file);
+    if (key_file)
+        curl_easy_setopt(e, CURLOPT_SSLKEY, key_file);
+    if (skip_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
+int spgb_curlm_start(spgb_xfer *x)
+{
+    if (!M.multi)
+        return CURLM_BAD_HANDLE;
+    if (x->active)
+        return CURLM_ADDED_ALREADY;
+    CURLMcode rc = curl_multi_add_handle(M.multi, x->easy);
+    if (rc != CURLM_OK)
+        return rc;
+    x->active = true;
+    x->finished = false;
+    x->prev = NULL;
+    x->next = M.xfers;
+    if (M.xfers)
+        M.xfers->prev = x;
+    M.xfers = x;
+    return 0;
+}
+
+void spgb_curlm_stop(spgb_xfer *x)
+{
+    if (!x->active)
+        return;
+    x->active = false;
+    if (x->prev)
+        x->prev->next = x->next;
+    else if (M.xfers == x)
+        M.xfers = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    x->next = x->prev = NULL;
+    if (M.multi)
+        curl_multi_remove_handle(M.multi, x->easy);
+}
+
+void spgb_xfer_free(spgb_xfer *x)
+{
+    if (!x)
+        return;
+    spgb_curlm_stop(x);
+    curl_easy_cleanup(x->easy);
+    curl_slist_free_all(x->headers);
+    spgb_buf_free(&x->body);
+    spgb_buf_free(&x->head);
+    free(x);
+}
+
+const char *spgb_xfer_code(const spgb_xfer *x)
+{
+    if (x->oom)
+        return "too_large";
+    switch (x->result) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_COULDNT_CONNECT:
+        return "connect";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return "resolve";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING:
+        return "io";
+    default:
+        return "curl";
+    }
+}
+
+bool spgb_xfer_unsent(const spgb_xfer *x)
+{
+    long sent = 0;
+    if (x->result == CURLE_COULDNT_CONNECT || x->result == CURLE_COULDNT_RESOLVE_HOST)
+        return true;
+    if (curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &sent) != CURLE_OK)
+        return false;
+    return sent == 0;
+}
+
+int spgb_xfer_push_error(lua_State *L, const spgb_xfer *x, const char *what)
+{
+    lua_pushnil(L);
+    if (x->oom)
+        lua_pushfstring(L, "%s: response too large or out of memory", what);
+    else
+        lua_pushfstring(L, "%s: %s", what, x->err[0] ? x->err : curl_easy_strerror(x->result));
+    lua_pushstring(L, spgb_xfer_code(x));
+    return 3;
+}
+
+/* ---- the yielding helper --------------------------------------------------- */
+
+typedef struct call {
+    spgb_op op;
+    spgb_xfer *x;
+    spgb_xfer_push push;
+    void *ud;
+} call;
+
+static void call_done(spgb_xfer *x)
+{
+    call *c = x->data;
+    spgb_op_done(&c->op);
+}
+
+static int call_push(lua_State *L, spgb_op *op)
+{
+    call *c = (call *)op;
+    int n = c->push(L, c->x, c->ud);
+    spgb_xfer_free(c->x);
+    c->x = NULL;
+    return n;
+}
+
+static void call_cancel(spgb_op *op)
+{
+    call *c = (call *)op;
+    spgb_xfer_free(c->x); /* removes it from the multi: nothing completes later */
+    c->x = NULL;
+}
+
+int spgb_curlm_call(lua_State *L, spgb_xfer *x, const char *name, double timeout,
+                    spgb_xfer_push push, void *ud)
+{
+    spgb_task *t = spgb_task_of(L);
+    if (!t) {
+        spgb_xfer_free(x);
+        spgb_task_current(L, name); /* raises "<name> needs a task" */
+    }
+    /* The op lives in a userdata on the task's stack, not in malloc'd memory: the
+     * scheduler may still touch the op after push/cancel, and the GC frees it
+     * only once the primitive has returned. */
+    call *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    c->x = x;
+    c->push = push;
+    c->ud = ud;
+    c->op.name = name;
+    c->op.push = call_push;
+    c->op.cancel = call_cancel;
+    x->data = c;
+    x->on_done = call_done;
+    int rc = spgb_curlm_start(x);
+    if (rc != 0) {
+        spgb_xfer_free(x);
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: cannot start transfer: %s", name,
+                        curl_multi_strerror((CURLMcode)rc));
+        lua_pushliteral(L, "curl");
+        return 3;
+    }
+    return spgb_op_wait(L, &c->op, timeout);
+}
