@@ -47,6 +47,8 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_fla
     help = "sleepInterval stolon uses during the failover (restored afterwards)" },
   { name = "write-probe", default = "",
     help = "libpq conninfo template ({{.Host}}, {{.Port}}) for a write on the new master before RESUME" },
+  { name = "report-file", default = "",
+    help = "Also write the summary as JSON to this file (times are CLOCK_MONOTONIC seconds)" },
   { name = "allow-session-pooling", type = "bool",
     help = "Fail over even if a PgBouncer uses pool_mode=session (PAUSE then waits for clients to leave)" },
 })
@@ -382,7 +384,10 @@ function M:summary(p, ok, err)
     manager_seconds = c.failkeeper_at and c.recovered_at and (c.recovered_at - c.failkeeper_at) or nil,
     old_master = c.old_master and stolon.describe(c.old_master) or nil,
     new_master = c.new_master and stolon.describe(c.new_master) or nil,
+    new_master_host = c.new_master and c.new_master.host or nil,
     steps = p.report.steps,
+    paused_at = c.paused_at, pause_done_at = c.pause_done_at, resumed_at = c.resumed_at,
+    failkeeper_at = c.failkeeper_at, recovered_at = c.recovered_at,
   }
   if s.pause_window_seconds and s.manager_seconds then
     s.ours_seconds = s.pause_window_seconds - s.manager_seconds
@@ -402,6 +407,10 @@ function M:summary(p, ok, err)
     pause_window = s.pause_window_seconds and ("%.4f"):format(s.pause_window_seconds) or nil,
     manager = s.manager_seconds and ("%.4f"):format(s.manager_seconds) or nil,
     old_master = s.old_master, new_master = s.new_master }
+  if self.opts.report_file ~= "" then
+    local _, werr = fs.write_atomic(self.opts.report_file, common.json(s) .. "\n", "0644")
+    if werr then self.log.error { event = "report_file_failed", error = werr } end
+  end
   return s
 end
 

@@ -1,0 +1,319 @@
+-- playground.cluster: the whole local playground on loopback, from Debian packages.
+--
+--   etcd                      127.0.0.1:<etcd_port>
+--   keeper0..2 (db nodes)     127.0.0.11..13: PostgreSQL :<pg_port>, a PgBouncer :<bouncer_port>
+--                             run by our `supervise` (it follows the primary), our `pauser`
+--                             :<pauser_port>
+--   proxy                     127.0.0.20: PgBouncer :<bouncer_port> run by `supervise`,
+--                             pointing at the primary node's PgBouncer; applications connect here
+--   stand-in sentinel         a task in this process (playground.sentinel)
+--
+-- Every server runs as the postgres user when we are root. Node PgBouncers follow the
+-- primary (as stolon-proxy did behind the original's node PgBouncers), so a query that
+-- waited in a paused PgBouncer goes to the new primary after RESUME.
+--
+--   local cluster = require "playground.cluster"
+--   local c = assert(cluster.boot{})      -- c.app_conninfo, c.failover_args, c.nodes, ...
+--   c:stop()                              -- everything, by PID; removes the folder
+local etcd = require "etcd"
+local fs = require "fs"
+local http = require "http"
+local log = require "log"
+local pg = require "pg"
+local pgnode = require "playground.pgnode"
+local proc = require "proc"
+local sentinel = require "playground.sentinel"
+local task = require "task"
+
+local M = {}
+
+M.defaults = {
+  cluster_name = "demo",
+  hosts = { "127.0.0.11", "127.0.0.12", "127.0.0.13" },
+  proxy_host = "127.0.0.20",
+  etcd_port = 22379,
+  pg_port = 25432,
+  bouncer_port = 26432,
+  pauser_port = 28080,
+  metrics_port = 29446,
+  sleep_interval = "2s",
+  fail_interval = "20s",
+  token = "playground-token",
+}
+
+local function is_root()
+  local _, out = proc.run { "id", "-u" }
+  return (out or ""):match("^%s*0%s*$") ~= nil
+end
+
+local function binary()
+  return rawget(package, "spgb_dir") .. "/stolon-pgbouncer"
+end
+
+local function write(path, text, root)
+  local _, err = fs.write_atomic(path, text, "0640")
+  if err then return nil, err end
+  if root then proc.run { "chown", "postgres:postgres", path } end
+  return true
+end
+
+local function wait_for(what, seconds, fn)
+  local deadline = task.now() + seconds
+  local last
+  repeat
+    local ok, v, err = pcall(fn)
+    if ok and v then return v end
+    last = ok and err or v
+    task.sleep(0.1)
+  until task.now() > deadline
+  return nil, ("%s: not ready after %ss (%s)"):format(what, seconds, tostring(last))
+end
+
+local function bouncer_template(o, listen, dir, target_port)
+  return table.concat({
+    "[databases]",
+    ("app = host={{.Host}} port=%s dbname=app"):format(target_port or "{{.Port}}"),
+    ("postgres = host={{.Host}} port=%s dbname=postgres"):format(target_port or "{{.Port}}"),
+    "",
+    "[pgbouncer]",
+    "listen_addr = " .. listen,
+    "listen_port = " .. o.bouncer_port,
+    "unix_socket_dir = " .. dir,
+    "auth_type = trust",
+    "auth_file = " .. dir .. "/userlist.txt",
+    "admin_users = pgbouncer",
+    "pool_mode = transaction",
+    "server_login_retry = 1",
+    "max_client_conn = 500",
+    "default_pool_size = 20",
+    "log_connections = 0",
+    "log_disconnections = 0",
+    "logfile = " .. dir .. "/pgbouncer.log",
+    "ignore_startup_parameters = extra_float_digits",
+    "",
+  }, "\n")
+end
+
+local Cluster = {}
+Cluster.__index = Cluster
+
+-- Spawn one of our commands as a daemon, logging to a file in its folder.
+function Cluster:daemon(name, args, dir)
+  local argv = { binary() }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  argv.user = self.root and "postgres" or nil
+  argv.stdin = "null"
+  argv.stdout = "null"
+  argv.stderr = "capture"
+  argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = self.base .. "/token" }
+  argv.cwd = dir
+  local p, err = proc.spawn(argv)
+  if not p then return nil, ("%s: %s"):format(name, err) end
+  self.daemons[#self.daemons + 1] = { name = name, p = p }
+  return p
+end
+
+function Cluster:store_args()
+  return { "--cluster-name", self.o.cluster_name, "--store-endpoints", self.etcd_endpoint, "--metrics-port", "0" }
+end
+
+function Cluster:start_etcd()
+  local o = self.o
+  local dir = self.base .. "/etcd"
+  fs.mkdir_p(dir, "0700")
+  self.etcd_endpoint = ("http://127.0.0.1:%d"):format(o.etcd_port)
+  local peer = ("http://127.0.0.1:%d"):format(o.etcd_port + 1)
+  local p, err = proc.spawn {
+    "etcd", "--name", "playground", "--data-dir", dir .. "/data",
+    "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
+    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+    "--initial-cluster", "playground=" .. peer, "--log-level", "error",
+    stdin = "null", stdout = "null", stderr = "capture",
+  }
+  if not p then return nil, "etcd: " .. tostring(err) end
+  self.etcd_proc = p
+  local ok, werr = wait_for("etcd", 20, function()
+    local r = http.request { url = self.etcd_endpoint .. "/health", timeout = 1 }
+    return r and r.status == 200
+  end)
+  if not ok then return nil, werr end
+  self.etcd = assert(etcd.connect { endpoints = { self.etcd_endpoint }, timeout = 3 })
+  return true
+end
+
+function Cluster:start_nodes()
+  local o = self.o
+  local uids = { "5e1b7a3c", "c0d4f812", "9a27e6b4" }
+  local n0, err = pgnode.init_primary { name = "keeper0", host = o.hosts[1], port = o.pg_port, dir = self.base,
+    app_name = uids[1], db_uid = uids[1] }
+  if not n0 then return nil, "keeper0: " .. tostring(err) end
+  self.nodes = { n0 }
+  for i = 2, 3 do
+    local n, serr = pgnode.init_standby { name = "keeper" .. (i - 1), host = o.hosts[i], port = o.pg_port,
+      primary = n0, sync = i == 2, app_name = uids[i], db_uid = uids[i] }
+    if not n then return nil, ("keeper%d: %s"):format(i - 1, tostring(serr)) end
+    self.nodes[i] = n
+  end
+  return true
+end
+
+function Cluster:start_sentinel()
+  local o = self.o
+  self.sentinel = task.named("sentinel", sentinel.run, {
+    etcd = self.etcd, cluster_name = o.cluster_name, nodes = self.nodes,
+    sleep_interval = o.sleep_interval, fail_interval = o.fail_interval,
+  })
+  return wait_for("clusterdata", 30, function()
+    local r = self.etcd:get(sentinel.key(o.cluster_name))
+    return r and r.kvs and r.kvs[1]
+  end)
+end
+
+-- A PgBouncer supervised by our `supervise`, listening on host.
+function Cluster:start_bouncer(name, host, target_port)
+  local o = self.o
+  local dir = ("%s/%s-pgbouncer"):format(self.base, name)
+  fs.mkdir_p(dir, "0750")
+  if self.root then proc.run { "chown", "postgres:postgres", dir } end
+  assert(write(dir .. "/userlist.txt", '"pgbouncer" ""\n"app" "app"\n"postgres" ""\n', self.root))
+  assert(write(dir .. "/pgbouncer.ini.template", bouncer_template(o, host, dir, target_port), self.root))
+  local argv = {
+    "supervise", "--pgbouncer-config-file", dir .. "/pgbouncer.ini",
+    "--pgbouncer-config-template-file", dir .. "/pgbouncer.ini.template",
+    "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(o.bouncer_port),
+    "--poll-interval", "5s", "--termination-grace-period", "0s", "--termination-poll-interval", "1s",
+    "--pgbouncer-retry-timeout", "1s",
+  }
+  for _, a in ipairs(self:store_args()) do argv[#argv + 1] = a end
+  local p, err = self:daemon(name .. "-supervise", argv, dir)
+  if not p then return nil, err end
+  return { dir = dir, host = host, port = o.bouncer_port, supervise = p }
+end
+
+function Cluster:start_pauser(name, host, bouncer)
+  local o = self.o
+  local argv = { "pauser", "--bind-address", ("%s:%d"):format(host, o.pauser_port),
+    "--pgbouncer-socket-dir", bouncer.dir, "--pgbouncer-port", tostring(o.bouncer_port), "--metrics-port", "0" }
+  return self:daemon(name .. "-pauser", argv, bouncer.dir)
+end
+
+function Cluster:start_bouncers()
+  local o = self.o
+  self.bouncers = {}
+  for i, n in ipairs(self.nodes) do
+    local b, err = self:start_bouncer(n.name, n.host)
+    if not b then return nil, err end
+    self.bouncers[i] = b
+    local ok, perr = self:start_pauser(n.name, n.host, b)
+    if not ok then return nil, perr end
+  end
+  local pb, err = self:start_bouncer("proxy", o.proxy_host, o.bouncer_port)
+  if not pb then return nil, err end
+  self.proxy = pb
+  self.app_conninfo = ("host=%s port=%d dbname=app user=app connect_timeout=5"):format(o.proxy_host, o.bouncer_port)
+  local ok, werr = wait_for("pausers", 30, function()
+    for _, n in ipairs(self.nodes) do
+      local r = http.request { url = ("http://%s:%d/health"):format(n.host, o.pauser_port), timeout = 1,
+        headers = { Authorization = o.token } }
+      if not r or r.status ~= 200 then return nil, r and r.status or "no answer from " .. n.host end
+    end
+    return true
+  end)
+  if not ok then return nil, werr end
+  return wait_for("proxy PgBouncer", 30, function()
+    local conn, cerr = pg.connect(self.app_conninfo, { timeout = 2 })
+    if not conn then return nil, cerr end
+    local rows = conn:query("SELECT inet_server_addr() AS addr")
+    conn:close()
+    return rows ~= nil
+  end)
+end
+
+-- failover_args() -> argv (after the binary) for `stolon-pgbouncer failover` here.
+function Cluster:failover_args(extra)
+  local o = self.o
+  local argv = { "failover", "--pauser-port", tostring(o.pauser_port), "--pause-expiry", "25s",
+    "--write-probe", ("host={{.Host}} port={{.Port}} dbname=app user=app connect_timeout=2") }
+  for _, a in ipairs(self:store_args()) do argv[#argv + 1] = a end
+  for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+  return argv
+end
+
+-- run_failover(extra args) -> code, stdout, stderr (as the operator would run it)
+function Cluster:run_failover(extra, timeout)
+  local argv = { binary() }
+  for _, a in ipairs(self:failover_args(extra)) do argv[#argv + 1] = a end
+  argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = self.base .. "/token" }
+  argv.timeout = timeout or 120
+  return proc.run(argv)
+end
+
+-- primary() -> the node that is primary according to Postgres itself
+function Cluster:primary()
+  for _, n in ipairs(self.nodes) do
+    local rows = pgnode.query(n, "SELECT pg_is_in_recovery() AS r")
+    if rows and rows[1] and rows[1].r == "f" then return n end
+  end
+end
+
+function Cluster:stop()
+  if self.stopped then return end
+  self.stopped = true
+  for i = #self.daemons, 1, -1 do
+    local d = self.daemons[i]
+    if d.p:running() then d.p:signal("TERM") end
+  end
+  for _, d in ipairs(self.daemons) do
+    if not d.p:wait(15) then
+      d.p:signal("KILL")
+      d.p:wait(5)
+    end
+  end
+  if self.sentinel then self.sentinel:cancel() end
+  -- the PgBouncers supervise started: supervise stops them on TERM; make sure
+  for _, b in ipairs(self.bouncers or {}) do
+    local pid = fs.read(b.dir .. "/pgbouncer.pid")
+    if pid then proc.run { "kill", "-KILL", pid:match("%d+") } end
+  end
+  for _, n in ipairs(self.nodes or {}) do pgnode.stop(n, "immediate") end
+  if self.etcd_proc then
+    self.etcd_proc:signal("TERM")
+    if not self.etcd_proc:wait(10) then self.etcd_proc:signal("KILL") self.etcd_proc:wait(5) end
+  end
+  if self.base and not self.o.keep then pgnode.remove_dir(self.base) end
+end
+
+-- boot(options) -> cluster | nil, err (and everything started so far is stopped)
+function M.boot(o)
+  local opts = {}
+  for k, v in pairs(M.defaults) do opts[k] = v end
+  for k, v in pairs(o or {}) do opts[k] = v end
+  local self = setmetatable({ o = opts, daemons = {}, root = is_root() }, Cluster)
+  local base, err = pgnode.tmpdir("spgb-playground")
+  if not base then return nil, err end
+  self.base = base
+  assert(write(base .. "/token", opts.token .. "\n", self.root))
+  local steps = {
+    { "etcd", Cluster.start_etcd },
+    { "postgres", Cluster.start_nodes },
+    { "sentinel", Cluster.start_sentinel },
+    { "pgbouncers", Cluster.start_bouncers },
+  }
+  for _, s in ipairs(steps) do
+    local t0 = task.now()
+    local ok, serr = s[2](self)
+    if not ok then
+      log.error { event = "playground_boot_failed", step = s[1], error = tostring(serr) }
+      for _, d in ipairs(self.daemons) do
+        local _, logs = d.p:output()
+        if logs and logs ~= "" then io.stderr:write(("--- %s ---\n%s\n"):format(d.name, logs:sub(-3000))) end
+      end
+      self:stop()
+      return nil, ("%s: %s"):format(s[1], tostring(serr))
+    end
+    log.info { event = "playground_ready", step = s[1], seconds = ("%.2f"):format(task.now() - t0) }
+  end
+  return self
+end
+
+return M
