@@ -120,6 +120,7 @@ function M.pgbouncer_admin(opts, timeout)
     password = opts.pgbouncer_password ~= "" and opts.pgbouncer_password or nil,
     dbname = opts.pgbouncer_database,
     timeout = timeout or 5,
+    lazy = true,
   }
   if opts.pgbouncer_host and opts.pgbouncer_host ~= "" then
     conf.host = opts.pgbouncer_host

@@ -222,20 +222,23 @@ local function drain_and_stop()
       if not ok then L.error { event = "disable_failed", database = db.name, error = tostring(err) } end
     end
   end
+  -- Outstanding = client connections (SHOW CLIENTS), not server ones: PgBouncer
+  -- keeps idle server connections for server_idle_timeout, which would hold the
+  -- shutdown for minutes with no client left.
   while true do
-    local rows, err = admin:show("DATABASES")
+    local rows, err = admin:show("CLIENTS")
     if not rows then
       L.error { event = "pgbouncer.error", error = tostring(err), msg = "could not contact PgBouncer" }
       break
     end
-    local total = 0
-    for _, db in ipairs(rows) do
-      local n = tonumber(db.current_connections) or 0
-      if db.name ~= "pgbouncer" then total = total + n end
-      if n > 0 and db.name ~= "pgbouncer" then
-        L.info { event = "outstanding_connections", database = db.name, count = n }
+    local per_db, total = {}, 0
+    for _, c in ipairs(rows) do
+      if c.database ~= "pgbouncer" then
+        per_db[c.database] = (per_db[c.database] or 0) + 1
+        total = total + 1
       end
     end
+    for db, n in pairs(per_db) do L.info { event = "outstanding_connections", database = db, count = n } end
     m.outstanding_connections:set(total)
     if total == 0 then break end
     L.info { event = "shutdown_pending", total = total,

@@ -935,6 +935,8 @@ static const char pgbouncer_lua[] =
     "    command_timeout = o.command_timeout or 10,\n"
     "    pause_timeout = o.pause_timeout or 30,\n"
     "  }, Admin)\n"
+    "  -- lazy: connect at the first command (daemons start before their PgBouncer)\n"
+    "  if o.lazy then return self end\n"
     "  local ok, err, code = self:_connect()\n"
     "  if not ok then return nil, rename(err, \"connect\"), code end\n"
     "  return self\n"

@@ -1,6 +1,8 @@
 #include "proc.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <lauxlib.h>
 #include <pwd.h>
 #include <stdlib.h>
@@ -200,8 +202,8 @@ static const char *opt_string(lua_State *L, int t, const char *k, const char *de
  * Any context; does not yield. argv[1] is looked up in PATH; no shell is used.
  * env: table of extra NAME=value (merged with ours unless clear_env). user: run as
  * that user (only when we are root). stdin: "inherit" (default), "null", or a
- * string written to the child. stdout/stderr: "inherit" (default), "null", or
- * "capture" (read with p:output()). Returns nil, err when the program cannot be
+ * string written to the child. stdout/stderr: "inherit" (default), "null",
+ * "capture" (read with p:output()) or "file:PATH" (appended to PATH). Returns nil, err when the program cannot be
  * started (for example not found). */
 static int l_spawn(lua_State *L)
 {
@@ -271,8 +273,28 @@ static int l_spawn(lua_State *L)
         return luaL_error(L, "proc.spawn: out of memory");
     p->h.data = p;
     uv_stdio_container_t stdio[3];
+    int files[3] = {-1, -1, -1};
     for (int i = 0; i < 3; i++) {
-        if (strcmp(modes[i], "inherit") == 0) {
+        if (i > 0 && strncmp(modes[i], "file:", 5) == 0) {
+            /* Append to a file (daemon logs); the child gets its own copy of the fd. */
+            files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (files[i] < 0) {
+                int e = errno;
+                for (int j = 0; j < i; j++) {
+                    if (p->piped[j])
+                        uv_close((uv_handle_t *)&p->pipes[j], NULL);
+                    if (files[j] >= 0)
+                        close(files[j]);
+                }
+                free(p->input);
+                free(p);
+                lua_pushnil(L);
+                lua_pushfstring(L, "proc.spawn: %s: %s", modes[i] + 5, strerror(e));
+                return 2;
+            }
+            stdio[i].flags = UV_INHERIT_FD;
+            stdio[i].data.fd = files[i];
+        } else if (strcmp(modes[i], "inherit") == 0) {
             stdio[i].flags = UV_INHERIT_FD;
             stdio[i].data.fd = i;
         } else if (strcmp(modes[i], "null") == 0) {
@@ -340,6 +362,9 @@ static int l_spawn(lua_State *L)
         o.flags |= UV_PROCESS_SETUID | UV_PROCESS_SETGID;
     }
     int rc = uv_spawn(spgb_loop(), &p->h, &o);
+    for (int i = 0; i < 3; i++)
+        if (files[i] >= 0)
+            close(files[i]);
     if (rc != 0) {
         /* libuv requires closing the process handle even when spawn failed. */
         p->refs = 1;

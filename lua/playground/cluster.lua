@@ -89,6 +89,7 @@ local function bouncer_template(o, listen, dir, target_port)
     "log_connections = 0",
     "log_disconnections = 0",
     "logfile = " .. dir .. "/pgbouncer.log",
+    "pidfile = " .. dir .. "/pgbouncer.pid",
     "ignore_startup_parameters = extra_float_digits",
     "",
   }, "\n")
@@ -104,12 +105,12 @@ function Cluster:daemon(name, args, dir)
   argv.user = self.root and "postgres" or nil
   argv.stdin = "null"
   argv.stdout = "null"
-  argv.stderr = "capture"
+  argv.stderr = "file:" .. dir .. "/" .. name .. ".log"
   argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = self.base .. "/token" }
   argv.cwd = dir
   local p, err = proc.spawn(argv)
   if not p then return nil, ("%s: %s"):format(name, err) end
-  self.daemons[#self.daemons + 1] = { name = name, p = p }
+  self.daemons[#self.daemons + 1] = { name = name, p = p, log = dir .. "/" .. name .. ".log" }
   return p
 end
 
@@ -271,7 +272,9 @@ function Cluster:stop()
   end
   if self.sentinel then self.sentinel:cancel() end
   -- the PgBouncers supervise started: supervise stops them on TERM; make sure
-  for _, b in ipairs(self.bouncers or {}) do
+  local all = { self.proxy }
+  for _, b in ipairs(self.bouncers or {}) do all[#all + 1] = b end
+  for _, b in ipairs(all) do
     local pid = fs.read(b.dir .. "/pgbouncer.pid")
     if pid then proc.run { "kill", "-KILL", pid:match("%d+") } end
   end
@@ -283,11 +286,31 @@ function Cluster:stop()
   if self.base and not self.o.keep then pgnode.remove_dir(self.base) end
 end
 
+-- Every address:port the playground listens on must be free: PgBouncer only warns
+-- when it cannot bind and then serves on its socket alone.
+local function check_ports(o)
+  local want = { ("127.0.0.1:%d"):format(o.etcd_port), ("127.0.0.1:%d"):format(o.etcd_port + 1),
+    ("%s:%d"):format(o.proxy_host, o.bouncer_port) }
+  for _, h in ipairs(o.hosts) do
+    for _, port in ipairs { o.pg_port, o.bouncer_port, o.pauser_port } do want[#want + 1] = ("%s:%d"):format(h, port) end
+  end
+  local code, out = proc.run { "ss", "-Hltn" }
+  if code ~= 0 then return true end
+  for _, addr in ipairs(want) do
+    if out:find(addr .. " ", 1, true) then
+      return nil, ("%s is already in use (a playground still running? see `ss -ltnp`)"):format(addr)
+    end
+  end
+  return true
+end
+
 -- boot(options) -> cluster | nil, err (and everything started so far is stopped)
 function M.boot(o)
   local opts = {}
   for k, v in pairs(M.defaults) do opts[k] = v end
   for k, v in pairs(o or {}) do opts[k] = v end
+  local free, perr = check_ports(opts)
+  if not free then return nil, perr end
   local self = setmetatable({ o = opts, daemons = {}, root = is_root() }, Cluster)
   local base, err = pgnode.tmpdir("spgb-playground")
   if not base then return nil, err end
@@ -305,7 +328,7 @@ function M.boot(o)
     if not ok then
       log.error { event = "playground_boot_failed", step = s[1], error = tostring(serr) }
       for _, d in ipairs(self.daemons) do
-        local _, logs = d.p:output()
+        local logs = fs.read(d.log)
         if logs and logs ~= "" then io.stderr:write(("--- %s ---\n%s\n"):format(d.name, logs:sub(-3000))) end
       end
       self:stop()
