@@ -168,7 +168,9 @@ local function unix_now()
 end
 M.unix_now = unix_now
 
--- serve_metrics(opts) -> server | nil (port 0) ; raises when the port cannot be bound
+-- serve_metrics(opts) -> server | nil. Port 0: none. A port that cannot be bound is
+-- logged, not fatal (as in the original, where supervise and pauser on one node
+-- both default to 127.0.0.1:9446).
 function M.serve_metrics(opts)
   if not opts.metrics_port or opts.metrics_port == 0 then return nil end
   local http = require "http"
@@ -180,7 +182,11 @@ function M.serve_metrics(opts)
       return 404, { error = "not found" }
     end,
   }
-  if not srv then error(("metrics listener %s:%d: %s"):format(opts.metrics_address, opts.metrics_port, err), 0) end
+  if not srv then
+    log.error { event = "metrics.listen_failed", address = opts.metrics_address, port = opts.metrics_port,
+      error = tostring(err), msg = "serving without metrics" }
+    return nil
+  end
   log.info { event = "metrics.listen", address = opts.metrics_address, port = opts.metrics_port }
   return srv
 end
