@@ -79,10 +79,13 @@ lint:
 deps:
 	$(Q)./scripts/deps.sh
 
-asan:
-	$(Q)$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-	  EXTRA_LDFLAGS="-fsanitize=address,undefined" \
-	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 check
+# The sanitizer build has its own objects and binary; the specs' main process runs
+# it (daemons the specs start use ./stolon-pgbouncer).
+asan: all
+	$(Q)ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(MAKE) BUILD=build-asan BIN=stolon-pgbouncer-asan \
+	  CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	  EXTRA_LDFLAGS="-fsanitize=address,undefined" check-c check-lua
 
 valgrind: $(CTESTBINS)
 	$(Q)$(MAKE) check-c VALGRIND="valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99"
@@ -100,6 +103,6 @@ format:
 	clang-format -i src/*.c src/*.h tests/c/*.c
 
 clean:
-	rm -rf build build-asan build-fuzz $(BIN)
+	rm -rf build build-asan build-fuzz $(BIN) stolon-pgbouncer-asan
 
 -include $(OBJ:.o=.d) $(MAINOBJ:.o=.d)
