@@ -110,7 +110,8 @@ function Cluster:daemon(name, args, dir)
   argv.cwd = dir
   local p, err = proc.spawn(argv)
   if not p then return nil, ("%s: %s"):format(name, err) end
-  self.daemons[#self.daemons + 1] = { name = name, p = p, log = dir .. "/" .. name .. ".log" }
+  -- argv is kept so a test can start the same daemon again after killing it
+  self.daemons[#self.daemons + 1] = { name = name, p = p, log = dir .. "/" .. name .. ".log", argv = argv }
   return p
 end
 

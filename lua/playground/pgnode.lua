@@ -245,10 +245,11 @@ function M.start(node, timeout)
   if not p then return nil, err end
   node.proc = p
   local ok, werr = wait_for("start " .. node.name, timeout or M.TIMEOUT, function()
-    if not p:running() then return nil, "exited" end
+    if not p:running() then return "exited" end
     local rows = M.query(node, "SELECT 1 AS ok")
     return rows ~= nil
   end, 0.1)
+  if ok == "exited" then ok = nil end -- stop waiting at once when the postmaster died
   if not ok then
     if not p:running() then
       node.proc = nil
@@ -474,6 +475,9 @@ function M.demote_to_standby(old, new_primary, opts)
   ok, err = M.ensure_slot(new_primary, old.slot)
   if not ok then return nil, err end
   local how = "rewind"
+  -- pg_rewind reads the source's timeline from its control file, which a freshly
+  -- promoted server updates only at its next checkpoint (PostgreSQL's pg_rewind docs)
+  M.query(new_primary, "CHECKPOINT")
   ok, err = run({bin("pg_rewind"), "-D", old.dir, "--source-server=" .. M.conninfo(new_primary, "postgres"),
                  "--no-sync"}, opts.timeout or 300)
   if ok then

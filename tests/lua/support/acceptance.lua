@@ -1,0 +1,233 @@
+-- Test helper for tests/lua/acceptance_spec.lua: small operations on a booted
+-- playground (lua/playground/cluster.lua) that the acceptance scenarios share.
+-- Every function is task only (it yields).
+--
+--   local A = require "support.acceptance"
+--   local cd = A.wait_healthy(c, 60)          -- converged clusterdata, cd:check_healthy(1)
+--   A.server_addr(conninfo) -> "127.0.1.12" | nil, err
+--   A.pauser_health(c, node) -> status, body
+--   A.spawn_failover(c, extra, {env=, log=}) -> proc
+local cjson = require "cjson.safe"
+local common = require "common"
+local fs = require "fs"
+local http = require "http"
+local pg = require "pg"
+local proc = require "proc"
+local stolon = require "stolon"
+local task = require "task"
+
+local M = {}
+
+-- Retry fn() (pcall'ed) until it returns a truthy value, for at most seconds.
+-- -> value | nil, last error
+function M.eventually(seconds, fn, step)
+  local deadline = task.now() + seconds
+  local last
+  repeat
+    local ok, v, err = pcall(fn)
+    if ok and v then return v end
+    last = ok and err or v
+    task.sleep(step or 0.1)
+  until task.now() > deadline
+  return nil, last
+end
+
+function M.key(c)
+  return stolon.key("stolon/cluster", c.o.cluster_name)
+end
+
+-- clusterdata(c) -> cd (lua/stolon.lua model), kv | nil, err
+function M.clusterdata(c)
+  return common.read_clusterdata(c.etcd, M.key(c))
+end
+
+function M.token(c)
+  return (assert(fs.read(c.base .. "/token")):gsub("%s+$", ""))
+end
+
+function M.pauser_url(c, node, path)
+  return ("http://%s:%d%s"):format(node.host, c.o.pauser_port, path)
+end
+
+-- pauser_health(c, node [, timeout]) -> status, decoded body | nil, err
+function M.pauser_health(c, node, timeout)
+  local r, err = http.request { url = M.pauser_url(c, node, "/health"), timeout = timeout or 2,
+    headers = { Authorization = M.token(c) } }
+  if not r then return nil, err end
+  return r.status, cjson.decode(r.body or "") or {}
+end
+
+-- pauser_post(c, node, "/pause", {timeout=, expiry=}) -> status, body | nil, err
+function M.pauser_post(c, node, path, body, timeout)
+  local r, err = http.request { method = "POST", url = M.pauser_url(c, node, path), timeout = timeout or 10,
+    headers = { Authorization = M.token(c), ["Content-Type"] = "application/json" },
+    body = cjson.encode(body or {}) }
+  if not r then return nil, err end
+  return r.status, cjson.decode(r.body or "") or {}
+end
+
+-- The conninfo of node i's own PgBouncer (what the node's applications would use).
+function M.bouncer_conninfo(c, i)
+  local b = c.bouncers[i]
+  return ("host=%s port=%d dbname=app user=app"):format(b.host, b.port)
+end
+
+-- Every PgBouncer: { {name=, conninfo=}, ... } (the proxy first).
+function M.all_bouncers(c)
+  local out = { { name = "proxy", conninfo = c.app_conninfo } }
+  for i, n in ipairs(c.nodes) do
+    out[#out + 1] = { name = n.name .. "-pgbouncer", conninfo = M.bouncer_conninfo(c, i) }
+  end
+  return out
+end
+
+-- server_addr(conninfo [, timeout]) -> host of inet_server_addr() | nil, err, code
+function M.server_addr(conninfo, timeout)
+  local conn, err, code = pg.connect(conninfo, { timeout = timeout or 3, query_timeout = timeout or 3 })
+  if not conn then return nil, err, code end
+  local rows, qerr, qcode = conn:query("SELECT host(inet_server_addr()) AS addr")
+  conn:close()
+  if not rows then return nil, qerr, qcode end
+  return rows[1] and rows[1].addr
+end
+
+-- Where every PgBouncer routes now: { [name] = addr or "error: ..." }, all_same_as(host)
+function M.routes(c, want, timeout)
+  local bs = M.all_bouncers(c)
+  local fns = {}
+  for i, b in ipairs(bs) do
+    fns[i] = function()
+      local addr, err = M.server_addr(b.conninfo, timeout)
+      return addr or ("error: " .. tostring(err))
+    end
+  end
+  local res = task.all(fns) or {}
+  local out, ok = {}, true
+  for i, b in ipairs(bs) do
+    local v = res[i] and res[i][1] or "error: no result"
+    out[b.name] = v
+    if v ~= want then ok = false end
+  end
+  return out, ok
+end
+
+-- Whether the whole playground is back to normal: converged clusterdata that can lose
+-- a node (cd:check_healthy(1)), its master is the real primary, every pauser healthy
+-- and not paused. -> cd | nil, why
+function M.healthy(c)
+  local cd, err = M.clusterdata(c)
+  if not cd then return nil, err end
+  local ok, why = cd:check_healthy(1)
+  if not ok then return nil, "clusterdata: " .. why end
+  local m = cd:master()
+  local p = c:primary()
+  if not p or p.host ~= m.host then
+    return nil, ("clusterdata master %s but Postgres primary %s"):format(m.host, p and p.host or "none")
+  end
+  for _, n in ipairs(c.nodes) do
+    local status, body = M.pauser_health(c, n)
+    if status ~= 200 then return nil, ("pauser %s: %s"):format(n.name, tostring(status or body)) end
+    if body.paused then return nil, ("pauser %s: paused"):format(n.name) end
+  end
+  return cd
+end
+
+-- wait_healthy(c, seconds) -> cd | raises with the last reason
+function M.wait_healthy(c, seconds)
+  local cd, why = M.eventually(seconds or 60, function() return M.healthy(c) end, 0.25)
+  if not cd then error(("cluster not healthy after %ss: %s"):format(seconds or 60, tostring(why)), 2) end
+  return cd
+end
+
+-- The daemon record of `name` in c.daemons ("keeper1-pauser", ...).
+function M.daemon(c, name)
+  for _, d in ipairs(c.daemons) do
+    if d.name == name then return d end
+  end
+  error("no daemon named " .. name)
+end
+
+-- The node whose keeper uid is keeper.
+function M.node(c, keeper)
+  for i, n in ipairs(c.nodes) do
+    if n.name == keeper then return n, i end
+  end
+  error("no node for keeper " .. tostring(keeper))
+end
+
+-- argv for `stolon-pgbouncer failover` with the playground's flags and extra ones.
+function M.failover_argv(c, extra, o)
+  o = o or {}
+  local argv = { rawget(package, "spgb_dir") .. "/stolon-pgbouncer" }
+  for _, a in ipairs(c:failover_args(extra)) do argv[#argv + 1] = a end
+  argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = o.token_file or (c.base .. "/token") }
+  argv.stdin = "null"
+  return argv
+end
+
+-- run_failover(c, extra, {token_file=, timeout=}) -> code, stdout, stderr, seconds
+function M.run_failover(c, extra, o)
+  o = o or {}
+  local argv = M.failover_argv(c, extra, o)
+  argv.timeout = o.timeout or 90
+  local t0 = task.now()
+  local code, out, err = proc.run(argv)
+  return code, out or "", err or "", task.now() - t0
+end
+
+-- spawn_failover(c, extra, {log=FILE}) -> proc (stdout and stderr appended to FILE,
+-- or captured without one)
+function M.spawn_failover(c, extra, o)
+  o = o or {}
+  local argv = M.failover_argv(c, extra, o)
+  if o.log then
+    argv.stdout = "file:" .. o.log
+    argv.stderr = "file:" .. o.log
+  else
+    argv.stdout = "capture"
+    argv.stderr = "capture"
+  end
+  return assert(proc.spawn(argv))
+end
+
+-- Put clusterdata's sleepInterval back to interval (compare-and-swap) if it differs.
+function M.set_sleep_interval(c, interval)
+  for _ = 1, 10 do
+    local cd, kv = assert(M.clusterdata(c))
+    if cd:sleep_interval() == interval then return true end
+    local raw = assert(stolon.with_sleep_interval(kv.value, interval))
+    local r = assert(c.etcd:txn {
+      compare = { { key = M.key(c), target = "mod", result = "==", value = kv.mod_revision } },
+      success = { { put = { key = M.key(c), value = raw } } },
+    })
+    if r.succeeded then return true end
+  end
+  error("could not set sleepInterval")
+end
+
+-- Take and release the failover lock: -> seconds it took | nil, err
+function M.try_lock(c, timeout)
+  local t0 = task.now()
+  local h, err = c.etcd:lock(M.key(c) .. "/failover", { timeout = timeout, ttl = 10 })
+  if not h then return nil, err end
+  h:unlock()
+  return task.now() - t0
+end
+
+-- A short query through conninfo: true | nil, err, code
+function M.query_ok(conninfo, timeout)
+  local conn, err, code = pg.connect(conninfo, { timeout = timeout or 2, query_timeout = timeout or 2 })
+  if not conn then return nil, err, code end
+  local rows, qerr, qcode = conn:query("SELECT 1 AS one")
+  conn:close()
+  if not rows then return nil, qerr, qcode end
+  return true
+end
+
+-- The tail of a file (for failure messages).
+function M.tail(path, n)
+  local text = fs.read(path) or ""
+  return text:sub(-(n or 3000))
+end
+
+return M
