@@ -42,6 +42,21 @@ function M:step(name, fn)
   }
 end
 
+-- p:insert_before(name, new_name, fn) -> a handle like step()'s: puts a new step just
+-- before the step called name (a site policy adding a check before "pause"). Raises
+-- when there is no step called name.
+function M:insert_before(name, new_name, fn)
+  assert(type(new_name) == "string" and type(fn) == "function", "pipeline:insert_before(name, new_name, fn)")
+  local at
+  for i, s in ipairs(self.steps) do
+    if s.name == name then at = i break end
+  end
+  if not at then error(("pipeline:insert_before: no step named %q"):format(tostring(name)), 2) end
+  local handle = self:step(new_name, fn)
+  table.insert(self.steps, at, table.remove(self.steps))
+  return handle
+end
+
 local function emit(self, ev)
   if self.on_event then pcall(self.on_event, ev) end
 end
@@ -75,7 +90,7 @@ function M:run(ctx)
     local t0 = task.now()
     local ok, err = call(s.fn, ctx)
     if not ok and err == "cancelled" then err = "interrupted (cancelled by a signal)" end
-    record(self, "step", s.name, t0, ok, err)
+    record(self, "step", s.name, t0, ok, not ok and err or nil)
     if not ok then
       failure = ("%s: %s"):format(s.name, tostring(err))
       self.log.error { event = "step_failed", step = s.name, error = tostring(err) }

@@ -4,8 +4,9 @@
 -- procedure for your site, copy this file, edit the pipeline below, and run
 -- `stolon-pgbouncer failover --policy /path/to/your/failover.lua ...`:
 --
---   p:step("notify_chat", function() ... end)                 -- add a step at the end
---   table.insert(p.steps, 5, {name = "my_check", fn = ...})   -- or anywhere before
+--   p:step("notify_chat", function() ... end)                       -- add a step at the end
+--   p:insert_before("pause", "my_check", function() ... end)        -- or before another
+--   p:insert_before("pause", "x", do_x):defer("undo_x", undo_x)     -- with its undo
 --
 -- A step fails by raising or by returning nil, err; every undo registered so far
 -- (release_lock, restore_sleep_interval, resume) then runs in reverse order.

@@ -1,0 +1,121 @@
+-- The status command against real etcd (stolon's healthy.json, addresses rewritten to
+-- 127.0.4.51-53), one PgBouncer and a pauser per keeper address: every keeper is
+-- listed HEALTHY; a pauser that is down (or a wrong token) shows UNHEALTHY and the
+-- exit status is 1.
+local D = require "support.daemon"
+local P = require "support.pg"
+local fs = require "fs"
+local http = require "http"
+local proc = require "proc"
+
+local ETCD_HOST, ETCD_PORT = "127.0.4.50", 22784
+local KEEPER_HOSTS = { "127.0.4.51", "127.0.4.52", "127.0.4.53" }
+local BOUNCER_HOST = "127.0.4.54"
+local CLUSTER = "st"
+local TOKEN = "status-spec-token"
+
+describe("status", function()
+  local dir, etcd_proc, endpoint, client, db, bouncer, pauser_port
+  local pausers = {}
+
+  local function status(extra)
+    local argv = { "status", "--cluster-name", CLUSTER, "--store-endpoints", endpoint, "--metrics-port", "0",
+      "--pauser-port", tostring(pauser_port), "--token-file", dir .. "/token", "--timeout", "2s" }
+    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+    return D.run(argv, { timeout = 30 })
+  end
+
+  -- The line of one keeper in the table.
+  local function row(out, keeper)
+    return out:match("\n(" .. keeper .. " [^\n]*)")
+  end
+
+  local function start_pauser(host)
+    local d = D.start { "pauser", "--bind-address", ("%s:%d"):format(host, pauser_port), "--pgbouncer-host",
+      BOUNCER_HOST, "--pgbouncer-port", tostring(bouncer.port), "--metrics-port", "0", "--token-file",
+      dir .. "/token" }
+    assert(D.eventually(10, function()
+      local r = http.request { url = ("http://%s:%d/health"):format(host, pauser_port), timeout = 1,
+        headers = { Authorization = TOKEN } }
+      return r and r.status == 200
+    end), "pauser on " .. host .. " did not start")
+    return d
+  end
+
+  local function put_fixture(name)
+    local text = assert(fs.read("tests/fixtures/stolon/" .. name .. ".json"))
+    for i, h in ipairs(KEEPER_HOSTS) do text = text:gsub("127%.0%.0%.1" .. i, h) end
+    assert(client:put("stolon/cluster/" .. CLUSTER .. "/clusterdata", text))
+  end
+
+  setup(function()
+    dir = P.tmpdir("spgb-status")
+    endpoint = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT)
+    local peer = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT + 1)
+    etcd_proc = assert(proc.spawn { "etcd", "--name", "st", "--data-dir", dir .. "/etcd",
+      "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "st=" .. peer,
+      "--log-level", "error", stdin = "null", stdout = "null", stderr = "capture" })
+    assert(D.eventually(20, function()
+      local r = http.request { url = endpoint .. "/health", timeout = 1 }
+      return r and r.status == 200
+    end), "etcd did not start")
+    client = assert(require("etcd").connect { endpoints = { endpoint }, timeout = 3 })
+    put_fixture("healthy")
+    db = P.start_postgres { host = BOUNCER_HOST, port = P.free_port(BOUNCER_HOST) }
+    bouncer = P.start_pgbouncer { host = BOUNCER_HOST, port = P.free_port(BOUNCER_HOST), target = db }
+    D.write_file(dir .. "/token", TOKEN .. "\n", "0600")
+    pauser_port = P.free_port(KEEPER_HOSTS[1])
+    for i, h in ipairs(KEEPER_HOSTS) do pausers[i] = start_pauser(h) end
+  end)
+
+  teardown(function()
+    for _, p in pairs(pausers) do p:stop() end
+    if bouncer then bouncer:destroy() end
+    if db then db:destroy() end
+    if etcd_proc then
+      etcd_proc:signal("KILL")
+      etcd_proc:wait(5)
+    end
+    if dir then proc.run { "rm", "-rf", dir } end
+  end)
+
+  it("lists every keeper HEALTHY and exits 0", function()
+    local code, out, err = status()
+    assert.equals(0, code, err)
+    assert.matches("cluster st: master keeper0 (127.0.4.51); can lose one node", out, 1, true)
+    for i, keeper in ipairs { "keeper0", "keeper1", "keeper2" } do
+      local line = assert(row(out, keeper), "no line for " .. keeper .. " in:\n" .. out)
+      assert.matches(KEEPER_HOSTS[i] .. ":" .. pauser_port, line, 1, true)
+      assert.matches("HEALTHY", line, 1, true)
+      assert.is_nil(line:find("UNHEALTHY", 1, true))
+    end
+  end)
+
+  it("shows every pauser UNHEALTHY and exits 1 with a wrong token", function()
+    local bad = D.write_file(dir .. "/bad-token", "nope\n", "0600")
+    local code, out = status { "--token-file", bad }
+    assert.equals(1, code)
+    for _, keeper in ipairs { "keeper0", "keeper1", "keeper2" } do
+      assert.matches("UNHEALTHY", row(out, keeper), 1, true)
+    end
+  end)
+
+  it("reports the cluster's own health from clusterdata", function()
+    put_fixture("unhealthy-async")
+    local code, out = status()
+    put_fixture("healthy")
+    assert.equals(0, code)
+    assert.matches("NOT healthy: insufficient standbys for failure", out, 1, true)
+  end)
+
+  it("shows a pauser that is down as UNHEALTHY and exits 1", function()
+    pausers[3]:stop()
+    pausers[3] = nil
+    local code, out = status()
+    assert.equals(1, code, out)
+    assert.matches("UNHEALTHY", row(out, "keeper2"), 1, true)
+    assert.is_nil(row(out, "keeper0"):find("UNHEALTHY", 1, true))
+    assert.is_nil(row(out, "keeper1"):find("UNHEALTHY", 1, true))
+  end)
+end)

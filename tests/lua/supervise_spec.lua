@@ -1,0 +1,272 @@
+-- The supervise command against real etcd, two PostgreSQL servers and the PgBouncer
+-- it runs, on 127.0.4.40-44: it waits for a primary, follows a master change with
+-- one RELOAD, ignores documents it cannot use, refuses bad templates, serves the
+-- original's metrics, and drains on TERM. The clusterdata documents are stolon's
+-- (tests/fixtures/stolon) with the addresses rewritten to ours.
+local D = require "support.daemon"
+local P = require "support.pg"
+local fs = require "fs"
+local http = require "http"
+local pg = require "pg"
+local pgbouncer = require "pgbouncer"
+local proc = require "proc"
+local task = require "task"
+
+local ETCD_HOST, ETCD_PORT = "127.0.4.40", 22780
+local HOST_A, HOST_B, HOST_C = "127.0.4.41", "127.0.4.42", "127.0.4.43"
+local BOUNCER_HOST = "127.0.4.44"
+local CLUSTER = "sv"
+local KEY = "stolon/cluster/" .. CLUSTER .. "/clusterdata"
+
+local function start_etcd(dir)
+  local endpoint = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT)
+  local peer = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT + 1)
+  local p = assert(proc.spawn { "etcd", "--name", "sv", "--data-dir", dir .. "/etcd",
+    "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "sv=" .. peer,
+    "--log-level", "error", stdin = "null", stdout = "null", stderr = "capture" })
+  assert(D.eventually(20, function()
+    local r = http.request { url = endpoint .. "/health", timeout = 1 }
+    return r and r.status == 200
+  end), "etcd did not start")
+  return p, endpoint
+end
+
+describe("supervise", function()
+  local dir, etcd_proc, endpoint, client, pg_a, pg_b, pg_port
+  local bouncer_port, metrics_port, sv, admin
+  local docs = {}
+
+  local function doc(name, edit)
+    local text = assert(fs.read("tests/fixtures/stolon/" .. name .. ".json"))
+    text = text:gsub("127%.0%.0%.11", HOST_A):gsub("127%.0%.0%.12", HOST_B):gsub("127%.0%.0%.13", HOST_C)
+      :gsub('"5432"', '"' .. pg_port .. '"')
+    if edit then text = edit(text) end
+    return text
+  end
+
+  local function put(text)
+    assert(client:put(KEY, text))
+  end
+
+  local function metrics_text()
+    local r = http.request { url = ("http://%s:%d/metrics"):format(BOUNCER_HOST, metrics_port), timeout = 3 }
+    return r and r.status == 200 and r.body or ""
+  end
+
+  -- The value of one sample ("name{labels}"), or 0 when absent.
+  local function metric(sample)
+    for line in metrics_text():gmatch("[^\n]+") do
+      if line:sub(1, #sample + 1) == sample .. " " then return tonumber(line:sub(#sample + 2)) end
+    end
+    return 0
+  end
+
+  local function reloads()
+    local log = fs.read(dir .. "/pgbouncer.log") or ""
+    local n = 0
+    for _ in log:gmatch("RELOAD command issued") do n = n + 1 end
+    return n
+  end
+
+  local function db_host()
+    local rows = admin:show("DATABASES")
+    for _, r in ipairs(rows or {}) do
+      if r.name == "postgres" then return r.host end
+    end
+  end
+
+  -- inet_server_addr() of a query through the supervised PgBouncer (new connection).
+  local function served_by()
+    local conn, err = pg.connect({ host = BOUNCER_HOST, port = bouncer_port, dbname = "postgres", user = "postgres" },
+      { timeout = 3 })
+    if not conn then return nil, err end
+    local rows, qerr = conn:query_opts { sql = "SELECT host(inet_server_addr()) AS addr", timeout = 3 }
+    conn:close()
+    if not rows then return nil, qerr end
+    return rows[1].addr
+  end
+
+  local function template_text(extra_float_digits, body)
+    return table.concat({
+      "[databases]",
+      body or "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
+      "",
+      "[pgbouncer]",
+      "listen_addr = " .. BOUNCER_HOST,
+      "listen_port = " .. bouncer_port,
+      "unix_socket_dir = " .. dir,
+      "auth_type = trust",
+      "auth_file = " .. dir .. "/userlist.txt",
+      "admin_users = pgbouncer",
+      "pool_mode = transaction",
+      "server_login_retry = 1",
+      "logfile = " .. dir .. "/pgbouncer.log",
+      "pidfile = " .. dir .. "/pgbouncer.pid",
+      extra_float_digits and "ignore_startup_parameters = extra_float_digits" or "",
+      "",
+    }, "\n")
+  end
+
+  local function supervise_args(config, tmpl, port)
+    return { "supervise", "--cluster-name", CLUSTER, "--store-endpoints", endpoint,
+      "--pgbouncer-config-file", config, "--pgbouncer-config-template-file", tmpl,
+      "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(port or bouncer_port),
+      "--pgbouncer-binary", P.pgbouncer, "--metrics-address", BOUNCER_HOST, "--metrics-port",
+      tostring(port and 0 or metrics_port), "--poll-interval", "5s", "--termination-grace-period", "0s",
+      "--termination-poll-interval", "300ms", "--pgbouncer-retry-timeout", "1s" }
+  end
+
+  setup(function()
+    dir = P.tmpdir("spgb-supervise")
+    etcd_proc, endpoint = start_etcd(dir)
+    client = assert(require("etcd").connect { endpoints = { endpoint }, timeout = 3 })
+    pg_port = P.free_port(HOST_A)
+    pg_a = P.start_postgres { host = HOST_A, port = pg_port }
+    pg_b = P.start_postgres { host = HOST_B, port = pg_port }
+    bouncer_port = P.free_port(BOUNCER_HOST)
+    metrics_port = P.free_port(BOUNCER_HOST)
+    D.write_file(dir .. "/userlist.txt", '"pgbouncer" ""\n"postgres" ""\n')
+    D.write_file(dir .. "/pgbouncer.ini.template", template_text(true))
+    docs.no_master = doc("no-master")
+    docs.healthy = doc("healthy")
+    docs.switched = doc("switched")
+    admin = pgbouncer.connect { host = BOUNCER_HOST, port = bouncer_port, user = "pgbouncer", timeout = 3, lazy = true }
+  end)
+
+  teardown(function()
+    if sv then sv:stop("KILL") end
+    local pid = dir and fs.read(dir .. "/pgbouncer.pid")
+    if pid and pid:match("%d+") then proc.run { "kill", "-KILL", pid:match("%d+") } end
+    if pg_a then pg_a:destroy() end
+    if pg_b then pg_b:destroy() end
+    if etcd_proc then
+      etcd_proc:signal("KILL")
+      etcd_proc:wait(5)
+    end
+    if dir then proc.run { "rm", "-rf", dir } end
+  end)
+
+  it("waits for a primary before starting PgBouncer", function()
+    put(docs.no_master)
+    sv = D.start(supervise_args(dir .. "/pgbouncer.ini", dir .. "/pgbouncer.ini.template"), { as_postgres = true })
+    assert(D.eventually(10, function()
+      return metric('stolon_pgbouncer_clusterdata_errors_total{reason="no_master"}') >= 1
+    end), "supervise did not read the no-master document: " .. tostring(sv:logs()))
+    task.sleep(0.5)
+    assert.is_nil(fs.read(dir .. "/pgbouncer.ini"))
+    assert.is_nil((served_by()))
+    assert.matches("event=clusterdata_no_master", sv:logs(), 1, true)
+  end)
+
+  it("starts PgBouncer once there is a master, pointed at it", function()
+    put(docs.healthy)
+    assert(D.eventually(15, function() return db_host() == HOST_A end), "PgBouncer not pointed at " .. HOST_A)
+    assert.equals(HOST_A, served_by())
+    assert.equals(0, reloads())
+    assert.matches("event=pgbouncer_started", sv:logs(), 1, true)
+  end)
+
+  it("follows a master change with one RELOAD", function()
+    put(docs.switched)
+    assert(D.eventually(15, function() return db_host() == HOST_B end), "PgBouncer did not follow the master")
+    assert.equals(HOST_B, served_by())
+    assert.equals(1, reloads())
+    assert.is_true(metric('stolon_pgbouncer_last_reload_seconds{keeper="keeper1"}') > 0)
+  end)
+
+  it("does not reload when only other fields change", function()
+    local before = metric('stolon_pgbouncer_last_reload_seconds{keeper="keeper1"}')
+    put(doc("switched", function(t) return (t:gsub('"sleepInterval": "5s"', '"sleepInterval": "7s"')) end))
+    task.sleep(1.5)
+    assert.equals(1, reloads())
+    assert.equals(before, metric('stolon_pgbouncer_last_reload_seconds{keeper="keeper1"}'))
+    assert.equals(HOST_B, served_by())
+  end)
+
+  it("keeps the config and PgBouncer serving on a malformed document", function()
+    local config = assert(fs.read(dir .. "/pgbouncer.ini"))
+    put('{"formatVersion": 1, "dbs": ')
+    assert(D.eventually(10, function()
+      return metric('stolon_pgbouncer_clusterdata_errors_total{reason="malformed"}') >= 1
+    end), "malformed document not seen")
+    assert.equals(config, fs.read(dir .. "/pgbouncer.ini"))
+    assert.equals(HOST_B, served_by())
+    assert.equals(1, reloads())
+  end)
+
+  it("keeps the config and PgBouncer serving on a document without master", function()
+    local config = assert(fs.read(dir .. "/pgbouncer.ini"))
+    local seen = metric('stolon_pgbouncer_clusterdata_errors_total{reason="no_master"}')
+    put(docs.no_master)
+    assert(D.eventually(10, function()
+      return metric('stolon_pgbouncer_clusterdata_errors_total{reason="no_master"}') > seen
+    end), "no-master document not seen")
+    assert.equals(config, fs.read(dir .. "/pgbouncer.ini"))
+    assert.equals(HOST_B, served_by())
+    assert.equals(1, reloads())
+    put(docs.switched)
+  end)
+
+  it("serves the original's metrics, valid for promtool", function()
+    local text = metrics_text()
+    assert.matches('stolon_cluster_identifier{cluster_name="sv"} 1', text, 1, true)
+    for _, name in ipairs { "stolon_pgbouncer_store_poll_interval", "stolon_pgbouncer_store_last_update_seconds",
+      "stolon_pgbouncer_last_keeper_seconds", "stolon_pgbouncer_last_reload_seconds" } do
+      assert.matches("\n" .. name, "\n" .. text, 1, true)
+    end
+    assert.equals(5, metric("stolon_pgbouncer_store_poll_interval"))
+    local code, out, err = proc.run { "promtool", "check", "metrics", stdin = text, timeout = 10 }
+    assert.equals(0, code, (out or "") .. (err or ""))
+  end)
+
+  it("refuses a template without extra_float_digits", function()
+    local bad = dir .. "/no-efd.template"
+    D.write_file(bad, template_text(false))
+    local code, _, err = D.run(supervise_args(dir .. "/other.ini", bad, P.free_port(BOUNCER_HOST)),
+      { as_postgres = true, timeout = 20 })
+    assert.equals(1, code, err)
+    assert.matches("ignore_startup_parameters", err, 1, true)
+    assert.matches("extra_float_digits", err, 1, true)
+    assert.is_nil(fs.read(dir .. "/other.ini"))
+  end)
+
+  it("names file:line:col of a missing template field and leaves the config untouched", function()
+    local bad = dir .. "/missing-field.template"
+    D.write_file(bad, template_text(true, "postgres = host={{.Host}} port={{.Nope}} dbname=postgres"))
+    local config = D.write_file(dir .. "/kept.ini", "; the last good config\n")
+    local d = D.start(supervise_args(config, bad, P.free_port(BOUNCER_HOST)), { as_postgres = true })
+    local ok = D.eventually(10, function() return d:logs():find("event=config_write_failed", 1, true) end)
+    local code, _, _, err = d:stop()
+    assert(ok, "no config_write_failed in: " .. tostring(err))
+    assert.matches(bad .. ":2:32: executing <.Nope>", err, 1, true) -- file:line:col of {{.Nope}}
+    assert.equals("; the last good config\n", fs.read(config))
+    assert.equals(0, code)
+  end)
+
+  it("drains on TERM: waits for the connected client, then stops PgBouncer and exits 0", function()
+    local conn = assert(pg.connect({ host = BOUNCER_HOST, port = bouncer_port, dbname = "postgres", user = "postgres" },
+      { timeout = 3 }))
+    assert(conn:query("SELECT 1"))
+    sv:signal("TERM")
+    assert(D.eventually(10, function() return sv:logs():find("event=shutdown_pending", 1, true) end),
+      "supervise did not wait for the client")
+    task.sleep(1)
+    assert.is_true(sv:running())
+    -- new connections are refused meanwhile (DISABLE), the connected client still works
+    local late = pg.connect({ host = BOUNCER_HOST, port = bouncer_port, dbname = "postgres", user = "postgres" },
+      { timeout = 3 })
+    if late then
+      assert.is_nil((late:query_opts { sql = "SELECT 1", timeout = 3 }))
+      late:close()
+    end
+    assert(conn:query("SELECT 1"))
+    conn:close()
+    local code = sv.p:wait(15)
+    assert.equals(0, code, sv:logs())
+    local logs = sv:logs()
+    assert.matches("event=idle", logs, 1, true)
+    assert.is_nil((served_by()))
+    sv = nil
+  end)
+end)
