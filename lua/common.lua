@@ -206,7 +206,8 @@ end
 -- follow(client, key, opts, fn): call fn(kv) for the current value of key and then
 -- for every change, in revision order, never twice for one revision. Watches the
 -- exact key; on a compacted revision or a broken watch it re-reads and watches
--- again; every opts.poll_interval without events it also re-reads (a safety net).
+-- again; every opts.poll_interval without events it also re-reads (a safety net),
+-- and watches again when that read finds a change the watch missed (a frozen member).
 -- Returns when fn returns true; runs until cancelled otherwise. Task only.
 function M.follow(client, key, opts, fn)
   local task = require "task"
@@ -245,12 +246,25 @@ function M.follow(client, key, opts, fn)
               end
             end
           elseif code == "timeout" then
-            local r2 = client:get(key)
+            local r2, _, gcode = client:get(key)
+            -- a read that timed out moved the client on to the next member: ask it now
+            if not r2 and gcode == "timeout" and #client.endpoints > 1 then r2 = client:get(key) end
             if r2 then
               if opts.on_read then opts.on_read() end
-              if deliver(r2.kvs and r2.kvs[1]) then
+              local kv = r2.kvs and r2.kvs[1]
+              local missed = kv and kv.mod_revision and kv.mod_revision > last
+              if deliver(kv) then
                 w:close()
                 return true
+              end
+              if missed then
+                -- the watch slept through a change: its member is frozen or cut
+                -- off while its connection stays open. Watch again, from the member
+                -- the read just succeeded on.
+                log.warn { event = "store_watch_stalled", key = key, revision = kv.mod_revision,
+                  msg = "the poll found a change the watch missed; watching again" }
+                w:close()
+                break
               end
             end
           else

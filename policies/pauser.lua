@@ -9,7 +9,8 @@
 -- Every pause carries an expiry: the pauser RESUMEs by itself when it passes. An
 -- explicit RESUME or a newer PAUSE cancels an older expiry, so an old timer never
 -- resumes a newer pause. At start-up it RESUMEs, in case an earlier process died
--- mid-pause. With a token, every call needs `Authorization: <token>` (or `Bearer
+-- mid-pause; on TERM/INT/QUIT it RESUMEs a pause it still holds, whose expiry it
+-- could no longer honour. With a token, every call needs `Authorization: <token>` (or `Bearer
 -- <token>`), compared in constant time.
 local common = require "common"
 local flags = require "flags"
@@ -203,4 +204,6 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do
 end
 stop:wait()
 srv:close()
+-- A pause we hold would outlive us with nobody left to honour its expiry: resume.
+if pause_state.expires_at then lock:with(resume, "shutdown") end
 return 0

@@ -41,8 +41,12 @@ m.cluster_identifier:set(1, { cluster_name = opts.cluster_name })
 m.store_poll_interval:set(opts.poll_interval)
 common.serve_metrics(opts)
 
--- The template is read once, at start-up: a broken file stops us before anything
--- is touched. (The original refused templates without extra_float_digits too.)
+-- The template is read at start-up (a broken file stops us before anything is
+-- touched) and again at every render, so an edited template takes effect at the next
+-- render. A template that has become broken or was deleted does not stop us from
+-- following the primary: the error (file:line:col) is logged and counted, and the
+-- last good template renders the config instead. (The original refused templates
+-- without extra_float_digits too.)
 local function load_template()
   local text, err = fs.read(opts.pgbouncer_config_template_file)
   if not text then return nil, err end
@@ -53,10 +57,31 @@ local function load_template()
   return template.compile(text, opts.pgbouncer_config_template_file)
 end
 
-local tmpl, terr = load_template()
-if not tmpl then
+local good_tmpl, terr = load_template() -- the last template that compiled (and rendered)
+if not good_tmpl then
   L.error { event = "template_invalid", error = terr }
   return 1
+end
+
+-- render_config(ctx) -> text | nil, err: with the template as it is now on disk, or
+-- with the last good one when that is broken.
+local function render_config(ctx)
+  local fresh, lerr = load_template()
+  if not fresh then
+    m.config_errors:inc(1, { reason = "template" })
+    L.error { event = "template_invalid", error = lerr, msg = "rendering with the last good template" }
+  else
+    local text, rerr = fresh:render(ctx)
+    if text then
+      good_tmpl = fresh
+      return text
+    end
+    m.config_errors:inc(1, { reason = "render" })
+    L.error { event = "template_render_failed", error = rerr, msg = "rendering with the last good template" }
+  end
+  local text, rerr = good_tmpl:render(ctx)
+  if not text and not fresh then m.config_errors:inc(1, { reason = "render" }) end
+  return text, rerr
 end
 
 local client, cerr = common.connect_store(opts)
@@ -83,11 +108,8 @@ local function write_config(master, cd)
     Host = master.host, Port = master.port or "", Keeper = master.keeper or "", DbUID = master.uid,
     ClusterName = opts.cluster_name, MasterDbUID = cd:master_uid() or "",
   }
-  local text, err = tmpl:render(ctx)
-  if not text then
-    m.config_errors:inc(1, { reason = "render" })
-    return nil, err
-  end
+  local text, err = render_config(ctx)
+  if not text then return nil, err end
   local _, werr = fs.write_atomic(opts.pgbouncer_config_file, text)
   if werr then
     m.config_errors:inc(1, { reason = "write" })

@@ -942,6 +942,16 @@ const char *spgb_signal_name(int num)
     for (int i = 0; signames[i].name; i++)
         if (signames[i].num == num)
             return signames[i].name;
+    /* Signals a child can die of but we never handle. */
+    static const struct {
+        const char *name;
+        int num;
+    } more[] = {{"KILL", SIGKILL}, {"SEGV", SIGSEGV}, {"ABRT", SIGABRT}, {"BUS", SIGBUS},
+                {"FPE", SIGFPE},   {"ILL", SIGILL},   {"PIPE", SIGPIPE}, {"ALRM", SIGALRM},
+                {"STOP", SIGSTOP}, {"CONT", SIGCONT}, {"TRAP", SIGTRAP}, {NULL, 0}};
+    for (int i = 0; more[i].name; i++)
+        if (more[i].num == num)
+            return more[i].name;
     return "?";
 }
 

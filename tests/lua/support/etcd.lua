@@ -9,6 +9,10 @@
 --   srv:stop()                              -- kill every member, remove the dir
 --
 -- tls = {cert=, key=, ca=, client_cert_auth=true} serves clients over https.
+-- hosts = {"127.0.3.1", ...} (one per member) and port = N (member i listens for
+-- clients on N + 2i and for peers on N + 2i + 1) pin the addresses, for suites given
+-- their own addresses and ports; without them: 127.0.0.1-3 and free-ish ports.
+--   srv:start_member(i)                     -- start a killed member again (same data)
 -- Must be called from a task (busted's setup/it bodies are).
 local proc = require "proc"
 local task = require "task"
@@ -73,19 +77,23 @@ Srv.__index = Srv
 function M.start(opts)
   opts = opts or {}
   local n = opts.members or 1
-  for _ = 1, 5 do -- a port may be taken: move on to the next block
-    base = base + 20
-    if base > 24700 then base = 23790 end
+  for _ = 1, opts.port and 1 or 5 do -- a port may be taken: move on to the next block
+    local b = opts.port
+    if not b then
+      base = base + 20
+      if base > 24700 then base = 23790 end
+      b = base
+    end
     local dir = M.tempdir()
     local srv = setmetatable({ dir = dir, members = {}, endpoints = {}, tls = opts.tls }, Srv)
     local scheme = opts.tls and "https" or "http"
     local peers = {}
     for i = 1, n do
-      local host = n > 1 and ("127.0.0." .. i) or "127.0.0.1"
+      local host = opts.hosts and opts.hosts[i] or (n > 1 and ("127.0.0." .. i) or "127.0.0.1")
       local m = {
         name = "m" .. i, host = host, data = dir .. "/m" .. i,
-        endpoint = ("%s://%s:%d"):format(scheme, host, base + 2 * i),
-        peer = ("http://%s:%d"):format(host, base + 2 * i + 1),
+        endpoint = ("%s://%s:%d"):format(scheme, host, b + 2 * i),
+        peer = ("http://%s:%d"):format(host, b + 2 * i + 1),
       }
       srv.members[i] = m
       srv.endpoints[i] = m.endpoint
@@ -119,6 +127,24 @@ function Srv:kill_member(i)
     p:signal("KILL")
     p:wait(10)
   end
+end
+
+--- Start member i again after kill_member(i), with its data, and wait until it
+--- reports healthy (at most `timeout` seconds, default 20). Returns true | nil, err.
+function Srv:start_member(i, timeout)
+  local p = self.members[i].proc
+  if p and p:running() then return true end
+  spawn_member(self, i)
+  local deadline = task.now() + (timeout or 20)
+  repeat
+    if not self.members[i].proc:running() then
+      local _, err = self.members[i].proc:output()
+      return nil, "etcd member exited: " .. tostring(err)
+    end
+    if healthy(self, i) then return true end
+    task.sleep(0.05)
+  until task.now() > deadline
+  return nil, "etcd member not healthy in time"
 end
 
 --- Run etcdctl against the running members: returns code, stdout, stderr.
