@@ -194,6 +194,10 @@ local function apply(kv)
       m.reload_errors:inc()
       return nil, "reload: " .. tostring(rerr)
     end
+    -- No server connection to the old primary may survive the switch
+    -- (pgbouncer#1311, #432): RECONNECT closes each one once its client releases it.
+    local rc_ok, rc_err = admin:reconnect()
+    if not rc_ok then L.warn { event = "reconnect_failed", error = tostring(rc_err) } end
   end
   state.applied_host = addr
   m.last_reload_seconds:set(common.unix_now(), { keeper = master.keeper })
