@@ -57,17 +57,7 @@ local function write(path, text, root)
   return true
 end
 
-local function wait_for(what, seconds, fn)
-  local deadline = task.now() + seconds
-  local last
-  repeat
-    local ok, v, err = pcall(fn)
-    if ok and v then return v end
-    last = ok and err or v
-    task.sleep(0.1)
-  until task.now() > deadline
-  return nil, ("%s: not ready after %ss (%s)"):format(what, seconds, tostring(last))
-end
+local wait_for = pgnode.wait_for -- (what, seconds, fn [, interval]) -> value | nil, err
 
 local function bouncer_template(o, listen, dir, target_port)
   return table.concat({

@@ -218,50 +218,10 @@ end
 ---------------------------------------------------------------------------------------
 -- Go durations and RFC3339Nano times.
 ---------------------------------------------------------------------------------------
-local unit_seconds = {ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600}
-
--- clusterdata.parse_duration("1m30s") -> 90 | nil, err (Go's time.ParseDuration).
-function M.parse_duration(s)
-  if type(s) ~= "string" or s == "" then return nil, "bad duration " .. tostring(s) end
-  if s == "0" then return 0 end
-  local sign, rest = 1, s
-  if rest:sub(1, 1) == "-" then sign, rest = -1, rest:sub(2) end
-  local total, pos = 0, 1
-  while pos <= #rest do
-    local num, unit, nxt = rest:match("^([%d%.]+)([%a\194\181]+)()", pos)
-    local f = tonumber(num)
-    if not f or not unit_seconds[unit] then return nil, "bad duration " .. s end
-    total = total + f * unit_seconds[unit]
-    pos = nxt
-  end
-  return sign * total
-end
-
-local function trim_fraction(x, digits)
-  local s = string.format("%." .. digits .. "f", x)
-  return (s:gsub("%.?0+$", ""))
-end
-
--- clusterdata.format_duration(90) -> "1m30s" (Go's Duration.String()).
-function M.format_duration(sec)
-  if sec == 0 then return "0s" end
-  local neg = sec < 0
-  if neg then sec = -sec end
-  local s
-  if sec < 1 then
-    if sec >= 1e-3 then s = trim_fraction(sec * 1e3, 6) .. "ms"
-    elseif sec >= 1e-6 then s = trim_fraction(sec * 1e6, 3) .. "µs"
-    else s = trim_fraction(sec * 1e9, 0) .. "ns" end
-  else
-    local h = math.floor(sec / 3600)
-    local m = math.floor((sec - h * 3600) / 60)
-    local rem = trim_fraction(sec - h * 3600 - m * 60, 9) .. "s"
-    if h > 0 then s = string.format("%dh%dm%s", h, m, rem)
-    elseif m > 0 then s = string.format("%dm%s", m, rem)
-    else s = rem end
-  end
-  return (neg and "-" or "") .. s
-end
+-- Go durations: the project's one parser and formatter (lua/duration.lua).
+local duration = require "duration"
+M.parse_duration = duration.parse
+M.format_duration = duration.format
 
 -- clusterdata.format_time(epoch_seconds [, nanos]) -> "2024-05-14T10:00:05.538120655Z".
 -- epoch_seconds may carry a fraction; nanos (0..999999999) overrides it.
