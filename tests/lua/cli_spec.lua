@@ -101,4 +101,22 @@ describe("command line", function()
     assert.matches('"after"', out, 1, true)
     assert.is_true(task.now() - t0 < 10)
   end)
+
+  it("make install: the installed binary finds its Lua files without environment variables", function()
+    local dir = assert(os.getenv("SPGB_LUA_DIR"))
+    local _, tmp = proc.run { "mktemp", "-d" }
+    local prefix = tmp:gsub("%s+$", "")
+    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix, timeout = 120 }
+    assert.equals(0, code, err)
+    local installed = prefix .. "/bin/stolon-pgbouncer"
+    local path = script("return require('stolon').FAKE_STANDBY == 'stolonfakestandby' and 0 or 9\n")
+    code = proc.run { installed, "run", path, clear_env = true, env = { PATH = "/usr/bin:/bin" } }
+    assert.equals(0, code)
+    local out
+    code, out = proc.run { installed, "failover", "--help", clear_env = true, env = { PATH = "/usr/bin:/bin" } }
+    assert.equals(0, code)
+    assert.matches("--pause-expiry", out, 1, true)
+    os.remove(path)
+    proc.run { "rm", "-rf", prefix }
+  end)
 end)
