@@ -82,7 +82,9 @@ function M.setup(opts)
   for _, addr in ipairs(opts.extra_pauser) do
     local h, p = addr:match("^%[?([^%]]+)%]?:(%d+)$")
     if not h then error(("--extra-pauser %q: expected host:port"):format(addr), 0) end
-    self.pausers[#self.pausers + 1] = self:pauser(addr, h, p)
+    local c = self:pauser(addr, h, p)
+    c.extra = true
+    self.pausers[#self.pausers + 1] = c
   end
   return self
 end
@@ -94,18 +96,21 @@ function M:pauser(name, host, port)
   }
 end
 
--- each(fn) -> results | nil, err: fn(client) on every pauser in parallel; every
--- failure is reported, each pauser's time logged.
-function M:each(event, fn)
+-- each(event, fn [, which]) -> results | nil, err: fn(client) on every pauser (or
+-- only the "keeper" or the "extra" ones) in parallel; every failure is reported,
+-- each pauser's time logged.
+function M:each(event, fn, which)
   local fns = {}
-  for i, c in ipairs(self.pausers) do
-    fns[i] = function()
-      local t0 = task.now()
-      local r, err = fn(c)
-      self.log.info { event = event, endpoint = c.name, elapsed = ("%.4f"):format(task.now() - t0),
-        error = err and tostring(err) or nil }
-      if r == nil then error(err, 0) end
-      return r
+  for _, c in ipairs(self.pausers) do
+    if which == nil or (which == "extra") == (c.extra == true) then
+      fns[#fns + 1] = function()
+        local t0 = task.now()
+        local r, err = fn(c)
+        self.log.info { event = event, endpoint = c.name, elapsed = ("%.4f"):format(task.now() - t0),
+          error = err and tostring(err) or nil }
+        if r == nil then error(err, 0) end
+        return r
+      end
     end
   end
   local res, err = task.all(fns)
@@ -223,13 +228,17 @@ function M:restore_sleep_interval()
   return true
 end
 
+-- Extra pausers (--extra-pauser: PgBouncers in front of the node ones, e.g. on proxy
+-- nodes) are paused first and resumed last: a front PgBouncer left running while the
+-- ones behind it are paused would start server logins that the pause interrupts, and
+-- PgBouncer then rejects clients for server_login_retry after RESUME (pgbouncer#420).
 function M:pause()
   self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   local o = self.opts
   self.ctx.paused_at = task.now()
-  local res, err = self:each("pgbouncer_pause", function(c)
-    return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2)
-  end)
+  local function pause(c) return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2) end
+  local res, err = self:each("pgbouncer_pause", pause, "extra")
+  if res then res, err = self:each("pgbouncer_pause", pause, "keeper") end
   self.ctx.pause_done_at = task.now()
   if not res then return nil, "failed to pause pgbouncers: " .. err end
   return true
@@ -237,7 +246,11 @@ end
 
 function M:resume()
   self.log.info { event = "pgbouncer_resume", msg = "requesting all pgbouncers resume" }
-  local res, err = self:each("pgbouncer_resume", function(c) return c:resume(self.opts.resume_timeout) end)
+  local function resume(c) return c:resume(self.opts.resume_timeout) end
+  local res, err = self:each("pgbouncer_resume", resume, "keeper")
+  -- the front ones last, even when a keeper's resume failed (it expires by itself)
+  local res2, err2 = self:each("pgbouncer_resume", resume, "extra")
+  if not res2 then res, err = nil, err and (err .. "; " .. err2) or err2 end
   self.ctx.resumed_at = task.now()
   if self.ctx.paused_at then
     self.log.info { event = "pgbouncer_resumed", duration = ("%.4f"):format(self.ctx.resumed_at - self.ctx.paused_at),

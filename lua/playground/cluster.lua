@@ -202,12 +202,17 @@ function Cluster:start_bouncers()
   local pb, err = self:start_bouncer("proxy", o.proxy_host, o.bouncer_port)
   if not pb then return nil, err end
   self.proxy = pb
+  -- the proxy's PgBouncer is paused too (first, and resumed last: see lua/failover.lua)
+  local pp, pperr = self:start_pauser("proxy", o.proxy_host, pb)
+  if not pp then return nil, pperr end
   self.app_conninfo = ("host=%s port=%d dbname=app user=app connect_timeout=5"):format(o.proxy_host, o.bouncer_port)
   local ok, werr = wait_for("pausers", 30, function()
-    for _, n in ipairs(self.nodes) do
-      local r = http.request { url = ("http://%s:%d/health"):format(n.host, o.pauser_port), timeout = 1,
+    local hosts = { o.proxy_host }
+    for _, n in ipairs(self.nodes) do hosts[#hosts + 1] = n.host end
+    for _, h in ipairs(hosts) do
+      local r = http.request { url = ("http://%s:%d/health"):format(h, o.pauser_port), timeout = 1,
         headers = { Authorization = o.token } }
-      if not r or r.status ~= 200 then return nil, r and r.status or "no answer from " .. n.host end
+      if not r or r.status ~= 200 then return nil, r and r.status or "no answer from " .. h end
     end
     return true
   end)
@@ -225,6 +230,7 @@ end
 function Cluster:failover_args(extra)
   local o = self.o
   local argv = { "failover", "--pauser-port", tostring(o.pauser_port), "--pause-expiry", "25s",
+    "--extra-pauser", ("%s:%d"):format(o.proxy_host, o.pauser_port),
     "--write-probe", ("host={{.Host}} port={{.Port}} dbname=app user=app connect_timeout=2") }
   for _, a in ipairs(self:store_args()) do argv[#argv + 1] = a end
   for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
@@ -281,7 +287,7 @@ end
 -- when it cannot bind and then serves on its socket alone.
 local function check_ports(o)
   local want = { ("127.0.0.1:%d"):format(o.etcd_port), ("127.0.0.1:%d"):format(o.etcd_port + 1),
-    ("%s:%d"):format(o.proxy_host, o.bouncer_port) }
+    ("%s:%d"):format(o.proxy_host, o.bouncer_port), ("%s:%d"):format(o.proxy_host, o.pauser_port) }
   for _, h in ipairs(o.hosts) do
     for _, port in ipairs { o.pg_port, o.bouncer_port, o.pauser_port } do want[#want + 1] = ("%s:%d"):format(h, port) end
   end

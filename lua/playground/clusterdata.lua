@@ -10,7 +10,7 @@
 --
 -- Steps of a planned switchover, each returning a new document (the input is not
 -- modified), in the order stolon's sentinel writes them (see
--- ../shared/fixtures/stolon/README.md):
+-- tests/fixtures/stolon/README.md):
 --   consume_failkeeper(doc, opts) -> no-master document
 --   promoted(doc, opts)           -> switched-insufficient-standbys document
 --   converged(doc, opts)          -> switched document

@@ -1,7 +1,7 @@
--- playground.clusterdata against the stolon fixtures (../shared/fixtures/stolon).
+-- playground.clusterdata against the stolon fixtures (tests/fixtures/stolon).
 local cd = require "playground.clusterdata"
 
-local FIXTURES = os.getenv("STOLON_FIXTURES") or "../shared/fixtures/stolon"
+local FIXTURES = os.getenv("STOLON_FIXTURES") or "tests/fixtures/stolon"
 
 local function read(name)
   local f = assert(io.open(FIXTURES .. "/" .. name .. ".json", "rb"))
