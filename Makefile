@@ -35,7 +35,7 @@ BIN       := stolon-pgbouncer
 # objects out of an archive: link the whole library.
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
-.PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz bench
+.PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick
 
 all: $(BIN)
 
@@ -98,6 +98,21 @@ install: $(BIN)
 
 demo: deps all
 	$(Q)./$(BIN) run examples/demo.lua
+
+# libFuzzer targets (fuzz/): each for FUZZ_SECONDS; CI runs the short smoke.
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(Q)./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	$(Q)./scripts/fuzz.sh 10
+
+# Benchmarks (bench/): the table and bench/results/all.json. Not a test.
+bench: all
+	$(Q)sh bench/run.sh
+
+bench-quick: all
+	$(Q)sh bench/run.sh --quick
 
 format:
 	clang-format -i src/*.c src/*.h tests/c/*.c

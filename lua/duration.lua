@@ -6,6 +6,8 @@ local units = {
   ns = 1e-9, us = 1e-6, ["µs"] = 1e-6, ["μs"] = 1e-6, ms = 1e-3, s = 1, m = 60, h = 3600,
 }
 
+local MAX_SECONDS = 9223372036.854775807
+
 -- parse(text) -> seconds | nil, err
 function M.parse(text)
   if type(text) == "number" then return text end
@@ -31,7 +33,13 @@ function M.parse(text)
     if not f then
       return nil, ("unknown unit %q in duration %q"):format(unit, text)
     end
-    total = total + tonumber(num) * f
+    local n = tonumber(num)
+    -- Go's limit, an int64 of nanoseconds (about 292 years). Checked in floats:
+    -- integer arithmetic would wrap ("5124095576030432h" would be 3584 s).
+    if total + n * 1.0 * f > MAX_SECONDS then
+      return nil, ("invalid duration %q (overflow)"):format(text)
+    end
+    total = total + n * f
     pos = nxt
   end
   return sign * total
@@ -40,6 +48,8 @@ end
 -- format(seconds) -> Go-style string ("1s", "1m30s", "250ms", "0s")
 function M.format(secs)
   if secs == 0 then return "0s" end
+  -- beyond what parse accepts (direct callers only): no h/m/s split
+  if secs ~= secs or math.abs(secs) >= 2 ^ 53 then return ("%.0fs"):format(secs) end
   local neg = secs < 0
   if neg then secs = -secs end
   local out

@@ -34,6 +34,16 @@ local function obj(v)
   return {}
 end
 
+-- Stolon writes these as strings and integers; anything else reads as absent.
+local function str(v)
+  if type(v) == "string" then return v end
+  return nil
+end
+
+local function int(v)
+  return math.tointeger(tonumber(v)) or 0
+end
+
 -- key(prefix, cluster_name) -> "stolon/cluster/<name>/clusterdata"
 function M.key(prefix, cluster)
   return ("%s/%s/clusterdata"):format(prefix, cluster)
@@ -63,10 +73,10 @@ function M.db(cd, uid)
   local spec, st = obj(d.spec), obj(d.status)
   return {
     uid = uid,
-    generation = tonumber(d.generation) or 0,
-    current_generation = tonumber(st.currentGeneration) or 0,
-    keeper = spec.keeperUID,
-    role = spec.role,
+    generation = int(d.generation),
+    current_generation = int(st.currentGeneration),
+    keeper = str(spec.keeperUID),
+    role = str(spec.role),
     healthy = st.healthy == true,
     host = type(st.listenAddress) == "string" and st.listenAddress or nil,
     port = type(st.port) == "string" and st.port or (st.port and tostring(st.port)) or nil,
@@ -120,7 +130,9 @@ end
 -- db_uids(cd) -> sorted db UIDs
 function M.db_uids(cd)
   local uids = {}
-  for uid in pairs(obj(cd.doc.dbs)) do uids[#uids + 1] = uid end
+  for uid, d in pairs(obj(cd.doc.dbs)) do
+    if type(d) == "table" then uids[#uids + 1] = uid end
+  end
   table.sort(uids)
   return uids
 end
@@ -141,7 +153,9 @@ M.DEFAULT_MIN_SYNC = 1
 function M.min_sync(cd)
   local spec = obj(obj(cd.doc.cluster).spec)
   if spec.synchronousReplication ~= true then return 0 end
-  return tonumber(spec.minSynchronousStandbys) or M.DEFAULT_MIN_SYNC
+  local n = math.tointeger(tonumber(spec.minSynchronousStandbys))
+  if not n or n < 0 then return M.DEFAULT_MIN_SYNC end
+  return n
 end
 
 function M.sleep_interval(cd)

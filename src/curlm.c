@@ -234,37 +234,57 @@ static int l_curlm_gc(lua_State *L)
     return 0;
 }
 
-void spgb_curlm_open(lua_State *L)
+/* curl (and with it OpenSSL) starts at the first transfer, not when a module is
+ * loaded: a pauser that never makes an HTTP call stays smaller. 0 | -1. */
+static int ensure_global(void)
 {
-    if (M.multi)
-        return;
     if (!M.global_done) {
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            luaL_error(L, "curl_global_init failed");
+            return -1;
         M.global_done = true;
     }
+    return 0;
+}
+
+static int ensure_multi(void)
+{
+    if (M.multi)
+        return 0;
+    if (ensure_global() != 0)
+        return -1;
     uv_timer_t *t = malloc(sizeof *t);
     if (!t)
-        luaL_error(L, "curlm: out of memory");
-    int rc = uv_timer_init(spgb_loop(), t);
-    if (rc != 0) {
+        return -1;
+    if (uv_timer_init(spgb_loop(), t) != 0) {
         free(t);
-        luaL_error(L, "curlm: uv_timer_init: %s", uv_strerror(rc));
+        return -1;
     }
     CURLM *m = curl_multi_init();
     if (!m) {
         uv_close((uv_handle_t *)t, timer_closed);
-        luaL_error(L, "curlm: curl_multi_init failed");
+        return -1;
     }
     M.timer = t;
     M.multi = m;
     if (curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, sock_cb) != CURLM_OK ||
         curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK) {
-        l_curlm_gc(L);
-        luaL_error(L, "curlm: curl_multi_setopt failed");
+        l_curlm_gc(NULL);
+        return -1;
     }
-    /* Reuse connections; a watch stream holds its own connection for its life. */
-    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 64L);
+    /* Reuse connections; a watch stream holds its own connection for its life.
+     * Failing to set the cap only keeps curl's default. */
+    (void)curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, 64L);
+    return 0;
+}
+
+void spgb_curlm_open(lua_State *L)
+{
+    /* Only the anchor whose __gc tears everything down at lua_close. */
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, (void *)&M) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
     lua_newuserdatauv(L, 1, 0);
     if (luaL_newmetatable(L, CURLM_MT)) {
         lua_pushcfunction(L, l_curlm_gc);
@@ -305,6 +325,8 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userdata)
 
 spgb_xfer *spgb_xfer_new(const char *url)
 {
+    if (ensure_global() != 0)
+        return NULL;
     spgb_xfer *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
@@ -373,8 +395,8 @@ void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file,
 
 int spgb_curlm_start(spgb_xfer *x)
 {
-    if (!M.multi)
-        return CURLM_BAD_HANDLE;
+    if (ensure_multi() != 0)
+        return CURLM_OUT_OF_MEMORY;
     if (x->active)
         return CURLM_ADDED_ALREADY;
     CURLMcode rc = curl_multi_add_handle(M.multi, x->easy);
