@@ -1,0 +1,205 @@
+-- benchlib: what the benchmark scripts under bench/ share: statistics, the result
+-- rows that bench/report.lua turns into the table, an etcd server of our own, our
+-- commands as child processes, and /proc readings. Task only where it says so.
+--
+--   package.path = package.path .. ";bench/?.lua;tests/lua/?.lua"
+--   local B = require "benchlib"
+--   local s = B.stats{...}                    -- {n, min, median, p99, max, mean}
+--   local res = B.result("convergence")       -- res:row{...}; res:save()
+local cjson = require "cjson"
+local etcd = require "etcd"
+local http = require "http"
+local log = require "log"
+local proc = require "proc"
+local task = require "task"
+
+local M = {}
+
+M.ADDR = "127.0.2." -- every address we listen on is 127.0.2.x
+M.bin = rawget(package, "spgb_dir") .. "/stolon-pgbouncer"
+M.now = task.now
+
+-- stats(samples) -> {n, min, median, p99, max, mean} (samples are not modified)
+function M.stats(xs)
+  local s = {}
+  for i, v in ipairs(xs) do s[i] = v end
+  table.sort(s)
+  if #s == 0 then return { n = 0 } end
+  local function q(p) return s[math.max(1, math.ceil(#s * p))] end
+  local sum = 0
+  for _, v in ipairs(s) do sum = sum + v end
+  -- an even count's median is the mean of the middle two
+  local med = #s % 2 == 1 and s[(#s + 1) // 2] or (s[#s // 2] + s[#s // 2 + 1]) / 2
+  return { n = #s, min = s[1], median = med, p99 = q(0.99), max = s[#s], mean = sum / #s }
+end
+
+-- ms(seconds) -> milliseconds rounded to 3 decimals (for JSON and tables)
+function M.ms(v)
+  if v == nil then return nil end
+  return math.floor(v * 1e6 + 0.5) / 1e3
+end
+
+function M.say(fmt, ...)
+  io.stdout:write((fmt .. "\n"):format(...))
+  io.stdout:flush()
+end
+
+local Result = {}
+Result.__index = Result
+
+-- result(name) -> collector of rows for bench/results/<name>.json
+function M.result(name)
+  return setmetatable({ benchmark = name, rows = {}, raw = {}, started = os.time() }, Result)
+end
+
+-- res:row{figure=, value=, unit=, floor= (same unit), floor_what=, goal=, met=true|false|nil}
+-- ratio = value / floor when both are numbers.
+function Result:row(r)
+  if r.ratio == nil and type(r.value) == "number" and type(r.floor) == "number" and r.floor > 0 then
+    r.ratio = r.value / r.floor
+  end
+  r.benchmark = r.benchmark or self.benchmark
+  self.rows[#self.rows + 1] = r
+  return r
+end
+
+function Result:save()
+  self.seconds = os.time() - self.started
+  proc.run { "mkdir", "-p", "bench/results" }
+  local f = assert(io.open(("bench/results/%s.json"):format(self.benchmark), "w"))
+  f:write(cjson.encode { benchmark = self.benchmark, rows = self.rows, raw = self.raw, seconds = self.seconds }, "\n")
+  f:close()
+end
+
+-- print the rows of this result as a small table on stdout
+function Result:print()
+  for _, r in ipairs(self.rows) do
+    local v = type(r.value) == "number" and ("%.3f"):format(r.value) or tostring(r.value)
+    local fl = type(r.floor) == "number" and ("%.3f"):format(r.floor) or "-"
+    local ra = r.ratio and ("%.2f"):format(r.ratio) or "-"
+    M.say("  %-44s %12s %-3s floor %10s ratio %6s  goal %-18s %s", r.figure, v, r.unit or "", fl, ra,
+      r.goal or "-", r.met == nil and "" or (r.met and "met" or "NOT MET"))
+  end
+end
+
+-- is_root() -> whether servers must run as the postgres user
+function M.is_root()
+  local _, out = proc.run { "id", "-u" }
+  return (out or ""):match("^%s*0%s*$") ~= nil
+end
+
+-- tmpdir(prefix) -> a folder (owned by postgres when we are root)
+function M.tmpdir(prefix)
+  local _, out = proc.run { "mktemp", "-d", "/tmp/" .. prefix .. ".XXXXXX" }
+  local dir = assert(out and out:match("^(%S+)"), "mktemp failed")
+  if M.is_root() then proc.run { "chown", "postgres:postgres", dir } end
+  return dir
+end
+
+-- write(path, text): a file the postgres user can read
+function M.write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  if M.is_root() then proc.run { "chown", "postgres:postgres", path } end
+end
+
+-- wait_until(seconds, fn, [interval]) -> fn's value | nil, last error
+function M.wait_until(seconds, fn, interval)
+  local deadline = task.now() + seconds
+  local last
+  repeat
+    local ok, v, err = pcall(fn)
+    if ok and v then return v end
+    last = ok and err or v
+    task.sleep(interval or 0.05)
+  until task.now() > deadline
+  return nil, last
+end
+
+-- start_etcd{host=, port=, dir=} -> {p=proc, endpoint=, client=} (peer port = port + 1)
+function M.start_etcd(o)
+  local endpoint = ("http://%s:%d"):format(o.host, o.port)
+  local peer = ("http://%s:%d"):format(o.host, o.port + 1)
+  local p = assert(proc.spawn {
+    "etcd", "--name", "bench", "--data-dir", o.dir .. "/etcd",
+    "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+    "--initial-cluster", "bench=" .. peer, "--log-level", "error",
+    stdin = "null", stdout = "null", stderr = "capture",
+  })
+  local ok, err = M.wait_until(20, function()
+    if not p:running() then error("etcd exited: " .. select(2, p:output()), 0) end
+    local r = http.request { url = endpoint .. "/health", timeout = 1 }
+    return r and r.status == 200
+  end)
+  if not ok then
+    p:signal("KILL")
+    error("etcd on " .. endpoint .. " did not start: " .. tostring(err), 0)
+  end
+  return { p = p, endpoint = endpoint, client = assert(etcd.connect { endpoints = { endpoint }, timeout = 3 }) }
+end
+
+-- ours(args, {as_postgres=, env=, stderr=}) -> proc of `stolon-pgbouncer args...`
+function M.ours(args, o)
+  o = o or {}
+  local argv = { M.bin }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  if o.as_postgres and M.is_root() then argv.user = "postgres" end
+  argv.env = o.env
+  argv.stdin = "null"
+  argv.stdout = o.stdout or "null"
+  argv.stderr = o.stderr or "null"
+  return assert(proc.spawn(argv))
+end
+
+-- stop(p): TERM, then KILL after `seconds` (default 10)
+function M.stop(p, seconds)
+  if not p or not p:running() then return end
+  p:signal("TERM")
+  if not p:wait(seconds or 10) then
+    p:signal("KILL")
+    p:wait(5)
+  end
+end
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local t = f:read("a")
+  f:close()
+  return t
+end
+M.read_file = read_file
+
+-- status(pid) -> {rss_kb=, hwm_kb=, anon_kb=, file_kb=} from /proc/<pid>/status
+function M.status(pid)
+  local t = read_file(("/proc/%d/status"):format(pid))
+  if not t then return nil end
+  local function kb(field) return tonumber(t:match(field .. ":%s*(%d+)")) end
+  return { rss_kb = kb("VmRSS"), hwm_kb = kb("VmHWM"), anon_kb = kb("RssAnon"), file_kb = kb("RssFile") }
+end
+
+local clk_tck
+-- cpu_seconds(pid) -> utime + stime in seconds, from /proc/<pid>/stat
+function M.cpu_seconds(pid)
+  if not clk_tck then
+    local _, out = proc.run { "getconf", "CLK_TCK" }
+    clk_tck = tonumber(out) or 100
+  end
+  local t = read_file(("/proc/%d/stat"):format(pid))
+  if not t then return nil end
+  -- fields after the parenthesised command name (which may hold spaces)
+  local rest = t:match("%) (.*)$")
+  local f = {}
+  for w in rest:gmatch("%S+") do f[#f + 1] = w end
+  -- rest starts at field 3 (state): utime is field 14, stime field 15
+  return (tonumber(f[12]) + tonumber(f[13])) / clk_tck
+end
+
+-- quiet(): our library's info lines would swamp the benchmark's output
+function M.quiet()
+  log.set_level("warn")
+end
+
+return M

@@ -1,0 +1,153 @@
+-- bench/fanout.lua [ROUNDS=40]: pause and resume 1, 3 and 16 PgBouncers through their
+-- pausers from one process, the way `failover` does (lua/failover.lua's each():
+-- task.all over lua/pauser_client.lua clients). Run by bench/run.sh.
+--
+-- One Postgres (127.0.2.11), 16 PgBouncers and 16 `pauser` daemons (ours, child
+-- processes) on 127.0.2.30-45. Each round times, for each size in turn (the order
+-- rotates every round so drift hits every size alike): every PAUSE answered, then
+-- every RESUME answered. The baseline is the single PgBouncer, same run.
+-- Writes bench/results/fanout.json.
+package.path = package.path .. ";bench/?.lua;tests/lua/?.lua"
+local B = require "benchlib"
+local P = require "support.pg"
+local failover = require "failover"
+local log = require "log"
+local pauser_client = require "pauser_client"
+local task = require "task"
+
+local ROUNDS = tonumber(arg[1] or "40")
+local PG_PORT, BOUNCER_PORT, PAUSER_PORT = 22602, 22600, 22601
+local SIZES = { 1, 3, 16 }
+local TOKEN = "bench-fanout-token"
+
+B.quiet()
+local res = B.result("fanout")
+local cleanup = {}
+local function defer(fn) cleanup[#cleanup + 1] = fn end
+
+local function main()
+  B.say("fanout: starting Postgres, 16 PgBouncers and 16 pausers on 127.0.2.30-45 ...")
+  local db = P.start_postgres { host = B.ADDR .. "11", port = PG_PORT }
+  defer(function() db:destroy() end)
+  local clients, pausers, bouncers = {}, {}, {}
+  for i = 1, 16 do
+    local host = B.ADDR .. (29 + i)
+    local b = P.start_pgbouncer { host = host, port = BOUNCER_PORT, target = db }
+    defer(function() b:destroy() end)
+    local p = B.ours({ "pauser", "--bind-address", ("%s:%d"):format(host, PAUSER_PORT),
+      "--pgbouncer-socket-dir", b.socket_dir, "--pgbouncer-port", tostring(BOUNCER_PORT),
+      "--metrics-port", "0" }, { as_postgres = true, env = { STBOUNCER_FAILOVER_TOKEN = TOKEN },
+      stderr = "file:" .. b.dir .. "/pauser.log" })
+    defer(function() B.stop(p) end)
+    pausers[i], bouncers[i] = p, b
+    clients[i] = pauser_client.new { name = host, host = host, port = PAUSER_PORT, token = TOKEN }
+  end
+  for i, c in ipairs(clients) do
+    assert(B.wait_until(20, function() return c:health(1) end), "pauser " .. i .. " not healthy")
+  end
+
+  -- one failover-like object per size, using the real each()
+  local quiet_log = log.with { component = "bench-fanout" }
+  local fo = {}
+  for _, n in ipairs(SIZES) do
+    local subset = {}
+    for i = 1, n do subset[i] = clients[i] end
+    fo[n] = setmetatable({ pausers = subset, log = quiet_log, opts = {}, ctx = {} }, failover)
+  end
+  local function round(n)
+    local f = fo[n]
+    local t0 = task.now()
+    assert(f:each("pgbouncer_pause", function(c) return c:pause(5, 25, 7) end))
+    local t1 = task.now()
+    assert(f:each("pgbouncer_resume", function(c) return c:resume(5) end))
+    local t2 = task.now()
+    return t1 - t0, t2 - t1
+  end
+  for _ = 1, 5 do for _, n in ipairs(SIZES) do round(n) end end -- warm-up
+
+  B.say("fanout: %d rounds ...", ROUNDS)
+  local pause, resume, both = {}, {}, {}
+  for _, n in ipairs(SIZES) do pause[n], resume[n], both[n] = {}, {}, {} end
+  for r = 1, ROUNDS do
+    for k = 0, #SIZES - 1 do
+      local n = SIZES[(r + k) % #SIZES + 1]
+      local p, q = round(n)
+      pause[n][#pause[n] + 1], resume[n][#resume[n] + 1], both[n][#both[n] + 1] = p, q, p + q
+      task.sleep(0.002)
+    end
+  end
+
+  -- Where the time goes: CPU seconds per round, of this (failover-like) process and
+  -- of the pausers and PgBouncers, over a block of rounds of one size. On a machine
+  -- with few cores the fan-out cannot finish before (all CPU used) / cores.
+  local function self_pid()
+    return tonumber(B.read_file("/proc/self/stat"):match("^(%d+)"))
+  end
+  local me = self_pid()
+  local function cpu(list)
+    local sum = 0
+    for _, pid in ipairs(list) do sum = sum + (B.cpu_seconds(pid) or 0) end
+    return sum
+  end
+  local cpu_per = {}
+  local nproc = tonumber((select(2, require("proc").run { "nproc" }))) or 1
+  for _, n in ipairs { 1, 16 } do
+    local servers = {}
+    for i = 1, n do
+      servers[#servers + 1] = pausers[i]:pid()
+      servers[#servers + 1] = bouncers[i].proc:pid()
+    end
+    local R = ROUNDS * 5
+    local c0, s0, t0 = cpu { me }, cpu(servers), task.now()
+    for _ = 1, R do round(n) end
+    local c1, s1, t1 = cpu { me }, cpu(servers), task.now()
+    cpu_per[n] = { client = (c1 - c0) / R, servers = (s1 - s0) / R, wall = (t1 - t0) / R }
+  end
+
+  local st = {}
+  res.raw = { rounds = ROUNDS, sizes = {} }
+  for _, n in ipairs(SIZES) do
+    st[n] = { pause = B.stats(pause[n]), resume = B.stats(resume[n]), both = B.stats(both[n]) }
+    res.raw.sizes[tostring(n)] = {
+      pause_ms = { median = B.ms(st[n].pause.median), p99 = B.ms(st[n].pause.p99), max = B.ms(st[n].pause.max) },
+      resume_ms = { median = B.ms(st[n].resume.median), p99 = B.ms(st[n].resume.p99) },
+      pause_resume_ms = { median = B.ms(st[n].both.median), p99 = B.ms(st[n].both.p99) },
+    }
+  end
+  res.raw.cpu_per_round_ms = {}
+  for n, c in pairs(cpu_per) do
+    res.raw.cpu_per_round_ms[tostring(n)] = { client = B.ms(c.client), servers = B.ms(c.servers), wall = B.ms(c.wall) }
+  end
+  res.raw.nproc = nproc
+  local one = st[1]
+  for _, n in ipairs(SIZES) do
+    local goal = n == 16 and "<= 1.3x one" or nil
+    res:row { figure = ("pause %d PgBouncer(s), median"):format(n), value = B.ms(st[n].pause.median), unit = "ms",
+      floor = B.ms(one.pause.median), floor_what = "pause 1", goal = goal,
+      met = (n == 16 or nil) and st[n].pause.median <= 1.3 * one.pause.median }
+  end
+  for _, n in ipairs(SIZES) do
+    local goal = n == 16 and "<= 1.3x one" or nil
+    res:row { figure = ("resume %d PgBouncer(s), median"):format(n), value = B.ms(st[n].resume.median), unit = "ms",
+      floor = B.ms(one.resume.median), floor_what = "resume 1", goal = goal,
+      met = (n == 16 or nil) and st[n].resume.median <= 1.3 * one.resume.median }
+  end
+  local c16 = cpu_per[16]
+  local bound = math.max(c16.client, (c16.client + c16.servers) / nproc)
+  res:row { figure = "pause+resume 16, median", value = B.ms(st[16].both.median), unit = "ms",
+    floor = B.ms(bound), floor_what = ("CPU bound: max(client %.2f, all %.2f / %d cores) ms"):format(
+      c16.client * 1e3, (c16.client + c16.servers) * 1e3, nproc) }
+  res:row { figure = "· client (failover process) CPU per 16-round", value = B.ms(c16.client), unit = "ms",
+    floor = B.ms(cpu_per[1].client * 16), floor_what = "16 x its CPU for one" }
+end
+
+local ok, err = pcall(main)
+for i = #cleanup, 1, -1 do pcall(cleanup[i]) end
+if not ok then
+  io.stderr:write("fanout: ", tostring(err), "\n")
+  res.error = tostring(err)
+  res:row { figure = "benchmark failed", value = tostring(err), met = false }
+end
+res:print()
+res:save()
+return ok and 0 or 1
