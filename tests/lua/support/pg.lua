@@ -54,19 +54,21 @@ local function write_file(path, text)
   if M.is_root() then run({ "chown", "postgres:postgres", path }) end
 end
 
--- Whether something listens on host:port (TCP).
-local function listening(host, port)
-  local code, out = proc.run({ "ss", "-Hltn", ("sport = :%d"):format(port) })
+-- Whether any TCP socket (listening or connected) uses port on host.
+local function in_use(host, port)
+  local code, out = proc.run({ "ss", "-Hatn", ("sport = :%d"):format(port) })
   if code ~= 0 then return false end
   return out:find(host .. ":" .. port, 1, true) ~= nil or out:find("*:" .. port, 1, true) ~= nil
     or out:find("0.0.0.0:" .. port, 1, true) ~= nil
 end
 
--- A TCP port in 20000..45000 nothing listens on (bounded tries).
+-- A TCP port nothing uses, in 30000..32700: below the kernel's ephemeral range
+-- (32768-60999 here), where an outgoing connection can take a port between our
+-- check and the server's bind, and above every fixed port the suites use.
 function M.free_port(host)
   for _ = 1, 50 do
-    local port = math.random(20000, 45000)
-    if not listening(host or "127.0.0.1", port) then return port end
+    local port = math.random(30000, 32700)
+    if not in_use(host or "127.0.0.1", port) then return port end
   end
   error("support.pg.free_port: no free port found")
 end
