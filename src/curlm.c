@@ -377,8 +377,8 @@ bool spgb_xfer_body(spgb_xfer *x, const char *data, size_t len)
     return curl_easy_setopt(x->easy, CURLOPT_COPYPOSTFIELDS, data) == CURLE_OK;
 }
 
-void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file,
-                   const char *key_file, bool skip_verify)
+void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file, const char *key_file,
+                   bool skip_verify)
 {
     CURL *e = x->easy;
     if (ca_file)

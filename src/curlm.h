@@ -46,15 +46,15 @@ void spgb_buf_free(spgb_buf *b);
 typedef struct spgb_xfer spgb_xfer;
 
 struct spgb_xfer {
-    CURL *easy;               /* configure freely before spgb_curlm_start */
+    CURL *easy;                 /* configure freely before spgb_curlm_start */
     struct curl_slist *headers; /* freed with the transfer */
-    spgb_buf body;            /* response body (appended as it arrives) */
-    spgb_buf head;            /* raw response header lines of the last response */
-    size_t max_body;          /* 0: 64 MiB; larger bodies fail the transfer */
-    bool oom;                 /* an append failed or max_body passed */
-    bool finished;            /* set before on_done */
+    spgb_buf body;              /* response body (appended as it arrives) */
+    spgb_buf head;              /* raw response header lines of the last response */
+    size_t max_body;            /* 0: 64 MiB; larger bodies fail the transfer */
+    bool oom;                   /* an append failed or max_body passed */
+    bool finished;              /* set before on_done */
     CURLcode result;
-    long status;              /* HTTP status, 0 if none */
+    long status; /* HTTP status, 0 if none */
     char err[CURL_ERROR_SIZE];
     /* Hooks (optional). on_data runs INSIDE the write callback after an append:
      * record and spgb_op_done only. on_done runs after the transfer left the
@@ -79,8 +79,8 @@ bool spgb_xfer_header(spgb_xfer *x, const char *line);
 /* Set a request body (copied) and method POST unless method is given. */
 bool spgb_xfer_body(spgb_xfer *x, const char *data, size_t len);
 /* TLS options; NULL strings are left unset. */
-void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file,
-                   const char *key_file, bool skip_verify);
+void spgb_xfer_tls(spgb_xfer *x, const char *ca_file, const char *cert_file, const char *key_file,
+                   bool skip_verify);
 /* Stop (if running) and free everything the transfer owns. Not from libcurl callbacks. */
 void spgb_xfer_free(spgb_xfer *x);
 

@@ -25,8 +25,7 @@
 
 /* ---- pure helpers ------------------------------------------------------------ */
 
-static const char b64chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 size_t spgb_etcd_b64_encode(const unsigned char *in, size_t n, char *out)
 {
@@ -99,8 +98,7 @@ size_t spgb_etcd_prefix_end(const char *prefix, size_t len, char *out)
     return 1;
 }
 
-int spgb_etcd_frame(spgb_etcd_framer *f, const char *buf, size_t len, size_t *start,
-                    size_t *end)
+int spgb_etcd_frame(spgb_etcd_framer *f, const char *buf, size_t len, size_t *start, size_t *end)
 {
     while (f->pos < len) {
         char c = buf[f->pos];
@@ -201,15 +199,13 @@ static const char *conf_str(lua_State *L, int conf, const char *k)
 
 /* A POST of a JSON body to url with the client's TLS options and dial timeout.
  * Returns a started-ready transfer or raises (out of memory). */
-static spgb_xfer *new_post(lua_State *L, int conf, const char *url, const char *body,
-                           size_t blen)
+static spgb_xfer *new_post(lua_State *L, int conf, const char *url, const char *body, size_t blen)
 {
     luaL_checktype(L, conf, LUA_TTABLE);
     spgb_xfer *x = spgb_xfer_new(url);
     if (!x)
         luaL_error(L, "etcd: out of memory (or bad endpoint URL %s)", url);
-    if (!spgb_xfer_header(x, "Content-Type: application/json") ||
-        !spgb_xfer_body(x, body, blen)) {
+    if (!spgb_xfer_header(x, "Content-Type: application/json") || !spgb_xfer_body(x, body, blen)) {
         spgb_xfer_free(x);
         luaL_error(L, "etcd: out of memory");
     }
@@ -427,7 +423,6 @@ static int l_stream_gc(lua_State *L)
     return 0;
 }
 
-
 /* The API (docs/etcd.md); called with the core table, returns the module. */
 static const char etcd_lua[] =
     "-- etcd: the Lua half of the etcd module (embedded in src/etcd.c).\n"
@@ -499,8 +494,10 @@ static const char etcd_lua[] =
     "  end\n"
     "  local e = obj.error\n"
     "  if e ~= nil or status ~= 200 then\n"
-    "    if type(e) == \"table\" then e = e.message end -- stream errors: {\"error\":{\"message\":..}}\n"
-    "    local msg = type(e) == \"string\" and e or type(obj.message) == \"string\" and obj.message\n"
+    "    if type(e) == \"table\" then e = e.message end -- stream errors: "
+    "{\"error\":{\"message\":..}}\n"
+    "    local msg = type(e) == \"string\" and e or type(obj.message) == \"string\" and "
+    "obj.message\n"
     "      or (\"HTTP \" .. tostring(status))\n"
     "    return nil, what .. \": \" .. msg, msg, obj.code\n"
     "  end\n"
@@ -542,7 +539,8 @@ static const char etcd_lua[] =
     "  local tls = opts.ca_file or opts.cert_file or opts.skip_tls_verify\n"
     "  local list = {}\n"
     "  for i, e in ipairs(eps) do\n"
-    "    if type(e) ~= \"string\" then error(\"etcd.connect: endpoints[\" .. i .. \"] must be a string\", 2) end\n"
+    "    if type(e) ~= \"string\" then error(\"etcd.connect: endpoints[\" .. i .. \"] must be a "
+    "string\", 2) end\n"
     "    if not e:match(\"^https?://\") then e = (tls and \"https://\" or \"http://\") .. e end\n"
     "    list[i] = e:gsub(\"/+$\", \"\")\n"
     "  end\n"
@@ -602,18 +600,21 @@ static const char etcd_lua[] =
     "  if opts.count_only then r.count_only = true end\n"
     "  if opts.sort_target then r.sort_target = opts.sort_target:upper() end\n"
     "  if opts.sort_order then r.sort_order = opts.sort_order:upper() end\n"
-    "  if opts.max_create_revision then r.max_create_revision = tostring(opts.max_create_revision) end\n"
+    "  if opts.max_create_revision then r.max_create_revision = tostring(opts.max_create_revision) "
+    "end\n"
     "  if opts.serializable then r.serializable = true end\n"
     "  return r\n"
     "end\n"
     "\n"
     "local function range_res(r)\n"
-    "  return { kvs = kvs(r.kvs), count = int(r.count), more = r.more == true, revision = header_rev(r) }\n"
+    "  return { kvs = kvs(r.kvs), count = int(r.count), more = r.more == true, revision = "
+    "header_rev(r) }\n"
     "end\n"
     "\n"
     "--- c:get(key [, {prefix=, limit=, revision=, ...}]) -> {kvs=, count=, revision=, more=}\n"
     "function Client:get(key, opts)\n"
-    "  local r, e, c = self:call(\"etcd.get\", \"/v3/kv/range\", range_req(\"etcd.get\", key, opts), true)\n"
+    "  local r, e, c = self:call(\"etcd.get\", \"/v3/kv/range\", range_req(\"etcd.get\", key, "
+    "opts), true)\n"
     "  if not r then return nil, e, c end\n"
     "  return convert(\"etcd.get\", range_res, r)\n"
     "end\n"
@@ -623,14 +624,16 @@ static const char etcd_lua[] =
     "  if type(value) ~= \"string\" then error(fn .. \": value must be a string\", 3) end\n"
     "  opts = opts or {}\n"
     "  local r = { key = b64enc(key), value = b64enc(value) }\n"
-    "  if opts.lease then r.lease = tostring(type(opts.lease) == \"table\" and opts.lease.id or opts.lease) end\n"
+    "  if opts.lease then r.lease = tostring(type(opts.lease) == \"table\" and opts.lease.id or "
+    "opts.lease) end\n"
     "  if opts.prev_kv then r.prev_kv = true end\n"
     "  return r\n"
     "end\n"
     "\n"
     "--- c:put(key, value [, {lease=, prev_kv=}]) -> {revision=, prev_kv=}\n"
     "function Client:put(key, value, opts)\n"
-    "  local r, e, c = self:call(\"etcd.put\", \"/v3/kv/put\", put_req(\"etcd.put\", key, value, opts))\n"
+    "  local r, e, c = self:call(\"etcd.put\", \"/v3/kv/put\", put_req(\"etcd.put\", key, value, "
+    "opts))\n"
     "  if not r then return nil, e, c end\n"
     "  return convert(\"etcd.put\", function(x)\n"
     "    return { revision = header_rev(x), prev_kv = x.prev_kv and kv(x.prev_kv) or nil }\n"
@@ -653,7 +656,8 @@ static const char etcd_lua[] =
     "\n"
     "--- c:delete(key [, {prefix=, prev_kv=}]) -> {deleted=, revision=}\n"
     "function Client:delete(key, opts)\n"
-    "  local r, e, c = self:call(\"etcd.delete\", \"/v3/kv/deleterange\", delete_req(\"etcd.delete\", key, opts))\n"
+    "  local r, e, c = self:call(\"etcd.delete\", \"/v3/kv/deleterange\", "
+    "delete_req(\"etcd.delete\", key, opts))\n"
     "  if not r then return nil, e, c end\n"
     "  return convert(\"etcd.delete\", delete_res, r)\n"
     "end\n"
@@ -662,15 +666,18 @@ static const char etcd_lua[] =
     "  value = \"VALUE\", mod = \"MOD\", mod_revision = \"MOD\", create = \"CREATE\",\n"
     "  create_revision = \"CREATE\", version = \"VERSION\", lease = \"LEASE\",\n"
     "}\n"
-    "local target_field = { VALUE = \"value\", MOD = \"mod_revision\", CREATE = \"create_revision\",\n"
+    "local target_field = { VALUE = \"value\", MOD = \"mod_revision\", CREATE = "
+    "\"create_revision\",\n"
     "  VERSION = \"version\", LEASE = \"lease\" }\n"
-    "local results = { [\"==\"] = \"EQUAL\", [\"!=\"] = \"NOT_EQUAL\", [\"<\"] = \"LESS\", [\">\"] = \"GREATER\" }\n"
+    "local results = { [\"==\"] = \"EQUAL\", [\"!=\"] = \"NOT_EQUAL\", [\"<\"] = \"LESS\", [\">\"] "
+    "= \"GREATER\" }\n"
     "\n"
     "local function txn_ops(list, what)\n"
     "  if list == nil or #list == 0 then return nil end -- cjson would send {} for []\n"
     "  local out = {}\n"
     "  for i, op in ipairs(list) do\n"
-    "    if type(op) ~= \"table\" then error((\"etcd.txn: %s[%d] must be a table\"):format(what, i), 4) end\n"
+    "    if type(op) ~= \"table\" then error((\"etcd.txn: %s[%d] must be a table\"):format(what, "
+    "i), 4) end\n"
     "    local a = op.put or op.get or op.delete\n"
     "    if type(a) ~= \"table\" then\n"
     "      error((\"etcd.txn: %s[%d] needs put=, get= or delete=\"):format(what, i), 4)\n"
@@ -708,7 +715,8 @@ static const char etcd_lua[] =
     "  return { succeeded = x.succeeded == true, responses = res, revision = header_rev(x) }\n"
     "end\n"
     "\n"
-    "--- c:txn{compare={...}, success={...}, failure={...}} -> {succeeded=, responses=, revision=}\n"
+    "--- c:txn{compare={...}, success={...}, failure={...}} -> {succeeded=, responses=, "
+    "revision=}\n"
     "function Client:txn(t)\n"
     "  if type(t) ~= \"table\" then error(\"etcd.txn: table expected\", 2) end\n"
     "  local cmp = {}\n"
@@ -721,11 +729,13 @@ static const char etcd_lua[] =
     "    end\n"
     "    local v = { key = b64enc(c.key), target = tg, result = rs }\n"
     "    if tg == \"VALUE\" then\n"
-    "      if type(c.value) ~= \"string\" then error((\"etcd.txn: compare[%d].value must be a string\"):format(i), 2) end\n"
+    "      if type(c.value) ~= \"string\" then error((\"etcd.txn: compare[%d].value must be a "
+    "string\"):format(i), 2) end\n"
     "      v.value = b64enc(c.value)\n"
     "    else\n"
     "      local n = tointeger(c.value)\n"
-    "      if not n then error((\"etcd.txn: compare[%d].value must be an integer\"):format(i), 2) end\n"
+    "      if not n then error((\"etcd.txn: compare[%d].value must be an integer\"):format(i), 2) "
+    "end\n"
     "      v[target_field[tg]] = tostring(n)\n"
     "    end\n"
     "    if c.prefix then v.range_end = b64enc(prefix_end(c.key)) end\n"
@@ -758,7 +768,8 @@ static const char etcd_lua[] =
     "  while not l.revoked do\n"
     "    sleep(wait)\n"
     "    if l.revoked then return end\n"
-    "    local r, e = c:call(\"etcd.lease\", \"/v3/lease/keepalive\", { ID = tostring(l.id) }, true)\n"
+    "    local r, e = c:call(\"etcd.lease\", \"/v3/lease/keepalive\", { ID = tostring(l.id) }, "
+    "true)\n"
     "    if r then\n"
     "      local ttl = convert(\"etcd.lease\", function(x) return int(tbl(x.result).TTL) end, r)\n"
     "      if ttl and ttl <= 0 then\n"
@@ -777,14 +788,16 @@ static const char etcd_lua[] =
     "--- c:lease(ttl) -> lease {id=, ttl=} kept alive by a background task.\n"
     "function Client:lease(ttl)\n"
     "  local n = tointeger(ttl)\n"
-    "  if not n or n <= 0 then error(\"etcd.lease: ttl must be a positive integer (seconds)\", 2) end\n"
+    "  if not n or n <= 0 then error(\"etcd.lease: ttl must be a positive integer (seconds)\", 2) "
+    "end\n"
     "  local r, e, c = self:call(\"etcd.lease\", \"/v3/lease/grant\", { TTL = tostring(n) })\n"
     "  if not r then return nil, e, c end\n"
     "  local res, e2, c2 = convert(\"etcd.lease\", function(x)\n"
     "    return { id = int(x.ID), ttl = int(x.TTL) }\n"
     "  end, r)\n"
     "  if not res then return nil, e2, c2 end\n"
-    "  if res.id == 0 then return nil, \"etcd.lease: no lease id in the reply\", \"bad_response\" end\n"
+    "  if res.id == 0 then return nil, \"etcd.lease: no lease id in the reply\", \"bad_response\" "
+    "end\n"
     "  local l = setmetatable({ id = res.id, ttl = res.ttl, client = self,\n"
     "    hex = (\"%x\"):format(res.id) }, Lease)\n"
     "  l.task = task.named(\"etcd.lease:\" .. l.hex, keepalive_loop, l)\n"
@@ -796,7 +809,8 @@ static const char etcd_lua[] =
     "  if self.revoked then return true end\n"
     "  self.revoked = true\n"
     "  if self.task then self.task:cancel() end\n"
-    "  local r, e, c = self.client:call(\"etcd.lease\", \"/v3/lease/revoke\", { ID = tostring(self.id) })\n"
+    "  local r, e, c = self.client:call(\"etcd.lease\", \"/v3/lease/revoke\", { ID = "
+    "tostring(self.id) })\n"
     "  if not r and c ~= \"etcdserver: requested lease not found\" then return nil, e, c end\n"
     "  return true\n"
     "end\n"
@@ -812,7 +826,8 @@ static const char etcd_lua[] =
     "function Client:watch(key, opts)\n"
     "  if type(key) ~= \"string\" then error(\"etcd.watch: key must be a string\", 2) end\n"
     "  opts = opts or {}\n"
-    "  local w = setmetatable({ client = self, key = key, ep = self.cur, prev_kv = opts.prev_kv }, Watcher)\n"
+    "  local w = setmetatable({ client = self, key = key, ep = self.cur, prev_kv = opts.prev_kv }, "
+    "Watcher)\n"
     "  if opts.prefix then w.range_end = prefix_end(key) end\n"
     "  if opts.start_revision then\n"
     "    w.next_rev = tointeger(opts.start_revision)\n"
@@ -852,7 +867,8 @@ static const char etcd_lua[] =
     "local function event(x)\n"
     "  x = tbl(x)\n"
     "  local k = kv(x.kv)\n"
-    "  k.type = x.type == \"DELETE\" and \"delete\" or x.type == nil and \"put\" or bad(\"event type\")\n"
+    "  k.type = x.type == \"DELETE\" and \"delete\" or x.type == nil and \"put\" or bad(\"event "
+    "type\")\n"
     "  if x.prev_kv then k.prev_kv = kv(x.prev_kv) end\n"
     "  return k\n"
     "end\n"
@@ -868,7 +884,8 @@ static const char etcd_lua[] =
     "  end\n"
     "  local cr = int(r.compact_revision)\n"
     "  if cr > 0 then return \"compacted\", cr end\n"
-    "  if r.canceled then return \"drop\", \"etcd.watch: cancelled by the server: \" .. tostring(r.cancel_reason) end\n"
+    "  if r.canceled then return \"drop\", \"etcd.watch: cancelled by the server: \" .. "
+    "tostring(r.cancel_reason) end\n"
     "  if r.created and not self.next_rev then self.next_rev = header_rev(r) + 1 end\n"
     "  local out = {}\n"
     "  for _, x in ipairs(tbl(r.events)) do\n"
@@ -887,7 +904,8 @@ static const char etcd_lua[] =
     "  local backoff = 0.05\n"
     "  while true do\n"
     "    local remaining = deadline and deadline - now()\n"
-    "    if remaining and remaining <= 0 then return nil, \"etcd.watch: timeout\", \"timeout\" end\n"
+    "    if remaining and remaining <= 0 then return nil, \"etcd.watch: timeout\", \"timeout\" "
+    "end\n"
     "    if not self.stream then self:open() end\n"
     "    local ok, msg, e, code = pcall(self.stream.next, self.stream, remaining or 0)\n"
     "    if not ok then -- cancelled (or out of memory): never leave a stream behind\n"
@@ -902,7 +920,8 @@ static const char etcd_lua[] =
     "      else\n"
     "        local okh, k, v = pcall(self.handle, self, obj)\n"
     "        if okh then kind, val = k, v\n"
-    "        elseif type(k) == \"table\" and k.bad then kind, val = \"drop\", \"etcd.watch: bad message (\" .. k.bad .. \")\"\n"
+    "        elseif type(k) == \"table\" and k.bad then kind, val = \"drop\", \"etcd.watch: bad "
+    "message (\" .. k.bad .. \")\"\n"
     "        else error(k, 0) end\n"
     "      end\n"
     "    elseif code == \"timeout\" then\n"
@@ -915,10 +934,12 @@ static const char etcd_lua[] =
     "      self.stream:close()\n"
     "      self.stream = nil\n"
     "      self.next_rev = val\n"
-    "      return nil, (\"etcd.watch: revision compacted (compact revision %d)\"):format(val), \"compacted\", val\n"
+    "      return nil, (\"etcd.watch: revision compacted (compact revision %d)\"):format(val), "
+    "\"compacted\", val\n"
     "    end\n"
     "    if kind == \"drop\" then\n"
-    "      log.debug { event = \"etcd_watch_reconnect\", msg = val, endpoint = self.client.endpoints[self.ep] }\n"
+    "      log.debug { event = \"etcd_watch_reconnect\", msg = val, endpoint = "
+    "self.client.endpoints[self.ep] }\n"
     "      self:reconnect()\n"
     "      local pause = backoff\n"
     "      if deadline then pause = math.min(pause, math.max(deadline - now(), 0)) end\n"
@@ -942,7 +963,8 @@ static const char etcd_lua[] =
     "  while true do\n"
     "    local remaining = deadline and deadline - now()\n"
     "    if remaining and remaining <= 0 then return nil, \"etcd.lock: timeout\", \"timeout\" end\n"
-    "    local r, e, c = self:get(pfx, { prefix = true, sort_target = \"create\", sort_order = \"descend\",\n"
+    "    local r, e, c = self:get(pfx, { prefix = true, sort_target = \"create\", sort_order = "
+    "\"descend\",\n"
     "      limit = 1, max_create_revision = maxrev })\n"
     "    if not r then return nil, e, c end\n"
     "    if #r.kvs == 0 then return true end\n"
@@ -975,7 +997,8 @@ static const char etcd_lua[] =
     "    lease:revoke()\n"
     "    return nil, err, code\n"
     "  end\n"
-    "  local first = { pfx, prefix = true, sort_target = \"create\", sort_order = \"ascend\", limit = 1 }\n"
+    "  local first = { pfx, prefix = true, sort_target = \"create\", sort_order = \"ascend\", "
+    "limit = 1 }\n"
     "  local r, e1, c1 = self:txn {\n"
     "    compare = { { key = key, target = \"create\", result = \"==\", value = 0 } },\n"
     "    success = { { put = { key, \"\", lease = lease.id } }, { get = first } },\n"
@@ -992,14 +1015,17 @@ static const char etcd_lua[] =
     "  if owner and owner.create_revision ~= my then\n"
     "    local ok, e2, c2 = self:wait_deletes(pfx, my - 1, deadline)\n"
     "    if not ok then\n"
-    "      if c2 == \"timeout\" then e2 = (\"etcd.lock: timeout waiting for %s\"):format(name) end\n"
+    "      if c2 == \"timeout\" then e2 = (\"etcd.lock: timeout waiting for %s\"):format(name) "
+    "end\n"
     "      return fail(e2, c2)\n"
     "    end\n"
     "    local g, e3, c3 = self:get(key)\n"
     "    if not g then return fail(e3, c3) end\n"
-    "    if #g.kvs == 0 then return fail(\"etcd.lock: session expired while waiting\", \"session_expired\") end\n"
+    "    if #g.kvs == 0 then return fail(\"etcd.lock: session expired while waiting\", "
+    "\"session_expired\") end\n"
     "  end\n"
-    "  return setmetatable({ client = self, name = name, key = key, lease = lease, revision = my }, Lock)\n"
+    "  return setmetatable({ client = self, name = name, key = key, lease = lease, revision = my "
+    "}, Lock)\n"
     "end\n"
     "\n"
     "--- h:unlock() -> true | nil, err, code. Idempotent.\n"
@@ -1034,8 +1060,8 @@ int luaopen_etcd(lua_State *L)
     }
     lua_pop(L, 1);
     static const luaL_Reg core[] = {
-        {"post", l_post},         {"stream", l_stream},         {"b64enc", l_b64enc},
-        {"b64dec", l_b64dec},     {"prefix_end", l_prefix_end}, {NULL, NULL},
+        {"post", l_post},     {"stream", l_stream},         {"b64enc", l_b64enc},
+        {"b64dec", l_b64dec}, {"prefix_end", l_prefix_end}, {NULL, NULL},
     };
     if (luaL_loadbuffer(L, etcd_lua, sizeof etcd_lua - 1, "=etcd") != LUA_OK)
         return lua_error(L);

@@ -47,7 +47,6 @@ typedef struct spgb_etcd_framer {
     bool in_str, esc;
 } spgb_etcd_framer;
 
-int spgb_etcd_frame(spgb_etcd_framer *f, const char *buf, size_t len, size_t *start,
-                    size_t *end);
+int spgb_etcd_frame(spgb_etcd_framer *f, const char *buf, size_t len, size_t *start, size_t *end);
 
 #endif

@@ -258,9 +258,8 @@ static enum MHD_Result queue_and_free(struct MHD_Connection *conn, unsigned stat
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
-                                 const char *method, const char *version,
-                                 const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
 {
     srv *s = cls;
     hreq *r = *con_cls;
@@ -278,8 +277,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         r->refs = 1;
         r->task_ref = LUA_NOREF;
         *con_cls = r;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->max_body) {
             /* Refuse before reading the body (and before any 100 Continue). */
             r->early = true;
@@ -653,8 +652,8 @@ static int l_respond(lua_State *L)
     if (problem) {
         if (resp)
             MHD_destroy_response(resp);
-        spgb_log_write(SPGB_LOG_ERROR, "http_handler_error", problem, "method", r->method,
-                       "path", r->url, (const char *)NULL);
+        spgb_log_write(SPGB_LOG_ERROR, "http_handler_error", problem, "method", r->method, "path",
+                       r->url, (const char *)NULL);
         resp = json_error("internal server error");
         status = 500;
     }
@@ -793,8 +792,7 @@ static lua_Integer opt_int(lua_State *L, const char *k, lua_Integer def, lua_Int
         int isnum;
         v = lua_tointegerx(L, -1, &isnum);
         if (!isnum || v < min || v > max)
-            luaL_error(L, "http.serve: %s must be an integer from %d to %d", k, (int)min,
-                       (int)max);
+            luaL_error(L, "http.serve: %s must be an integer from %d to %d", k, (int)min, (int)max);
     }
     lua_pop(L, 1);
     return v;
@@ -903,9 +901,8 @@ static int l_serve(lua_State *L)
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)idle,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)max_header + 8192,
-        MHD_OPTION_STRICT_FOR_CLIENT, 1, MHD_OPTION_ARRAY,
-        tls_opts, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)max_header + 8192, MHD_OPTION_STRICT_FOR_CLIENT,
+        1, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     s->starting = false;
     if (!s->d) {
         char msg[300];
@@ -992,10 +989,12 @@ static const char http_lua[] =
     "  end\n"
     "  if type(body) == 'table' then\n"
     "    local eok, text = pcall(encode, body)\n"
-    "    if not eok then return fail(req, 'cannot encode the body as JSON: ' .. tostring(text)) end\n"
+    "    if not eok then return fail(req, 'cannot encode the body as JSON: ' .. tostring(text)) "
+    "end\n"
     "    local h = { ['content-type'] = JSON }\n"
     "    for k, v in pairs(headers or {}) do\n"
-    "      if type(k) == 'string' and k:lower() == 'content-type' then h['content-type'] = nil end\n"
+    "      if type(k) == 'string' and k:lower() == 'content-type' then h['content-type'] = nil "
+    "end\n"
     "      h[k] = v\n"
     "    end\n"
     "    return status, text, h\n"
@@ -1026,7 +1025,10 @@ static const char http_lua[] =
 int luaopen_http(lua_State *L)
 {
     static const luaL_Reg server_methods[] = {
-        {"close", l_close}, {"port", l_port}, {"connections", l_connections}, {NULL, NULL},
+        {"close", l_close},
+        {"port", l_port},
+        {"connections", l_connections},
+        {NULL, NULL},
     };
     if (luaL_newmetatable(L, SERVER_MT)) {
         luaL_newlib(L, server_methods);

@@ -156,8 +156,8 @@ static int l_request(lua_State *L)
                 spgb_xfer_free(x);
                 return luaL_error(L, "httpc.request: headers must map names to strings");
             }
-            const char *line = lua_pushfstring(L, "%s: %s", lua_tostring(L, -2),
-                                               lua_tostring(L, -1));
+            const char *line =
+                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
             if (strpbrk(line, "\r\n")) {
                 spgb_xfer_free(x);
                 return luaL_error(L, "httpc.request: header contains a line break");
@@ -188,8 +188,8 @@ static int l_request(lua_State *L)
     if (max_body > 0)
         x->max_body = (size_t)max_body;
     /* curl's own timeout reports first; the scheduler's is a backstop. */
-    return spgb_curlm_call(L, x, "httpc.request", timeout > 0 ? timeout + 1.0 : 0,
-                           push_response, NULL);
+    return spgb_curlm_call(L, x, "httpc.request", timeout > 0 ? timeout + 1.0 : 0, push_response,
+                           NULL);
 }
 
 int luaopen_httpc(lua_State *L)

@@ -284,7 +284,7 @@ static const char log_lua[] =
 int luaopen_log(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"debug", l_debug}, {"info", l_info},   {"warn", l_warn},  {"error", l_error},
+        {"debug", l_debug},         {"info", l_info},   {"warn", l_warn}, {"error", l_error},
         {"set_level", l_set_level}, {"level", l_level}, {NULL, NULL},
     };
     luaL_newlib(L, fns);

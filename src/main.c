@@ -16,28 +16,26 @@
 #define SPGB_VERSION "0.0.0"
 #endif
 
-static const char *policies[] = {"supervise", "pauser", "failover", "status", "with-lock",
-                                 NULL};
+static const char *policies[] = {"supervise", "pauser", "failover", "status", "with-lock", NULL};
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: stolon-pgbouncer [--debug] COMMAND [ARGS...]\n"
-            "\n"
-            "PgBouncer integration and zero-downtime failover for stolon clusters.\n"
-            "\n"
-            "Commands:\n"
-            "  supervise    manage a PgBouncer pointed at the current stolon primary\n"
-            "  pauser       serve the HTTP API that pauses/resumes the local PgBouncer\n"
-            "  failover     run a zero-downtime failover of the primary\n"
-            "  status       show every keeper's pauser health\n"
-            "  with-lock    run a command while holding the failover lock\n"
-            "  run FILE     run a Lua script with every primitive available\n"
-            "  repl         interactive Lua prompt with every primitive loaded\n"
-            "\n"
-            "Each of the first five is a Lua policy; `--policy FILE` runs an edited copy.\n"
-            "`stolon-pgbouncer COMMAND --help` lists a command's flags.\n"
-            "Options: --debug (debug logging), --version, --help\n");
+    fprintf(f, "usage: stolon-pgbouncer [--debug] COMMAND [ARGS...]\n"
+               "\n"
+               "PgBouncer integration and zero-downtime failover for stolon clusters.\n"
+               "\n"
+               "Commands:\n"
+               "  supervise    manage a PgBouncer pointed at the current stolon primary\n"
+               "  pauser       serve the HTTP API that pauses/resumes the local PgBouncer\n"
+               "  failover     run a zero-downtime failover of the primary\n"
+               "  status       show every keeper's pauser health\n"
+               "  with-lock    run a command while holding the failover lock\n"
+               "  run FILE     run a Lua script with every primitive available\n"
+               "  repl         interactive Lua prompt with every primitive loaded\n"
+               "\n"
+               "Each of the first five is a Lua policy; `--policy FILE` runs an edited copy.\n"
+               "`stolon-pgbouncer COMMAND --help` lists a command's flags.\n"
+               "Options: --debug (debug logging), --version, --help\n");
 }
 
 static int run_policy(lua_State *L, const char *cmd, int argc, char **argv)

@@ -18,8 +18,7 @@
 
 #define METRIC_MT "spgb.metric"
 
-static const double default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                         0.5,   1,    2.5,   5,    10};
+static const double default_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
 typedef struct {
     char **values; /* one per label */
@@ -159,9 +158,8 @@ static const char *type_name(spgb_metric_type t)
 }
 
 spgb_metric *spgb_metrics_register(spgb_metric_type type, const char *name, const char *help,
-                                   const char *const *labels, size_t nlabels,
-                                   const double *buckets, size_t nbuckets, char *err,
-                                   size_t errlen)
+                                   const char *const *labels, size_t nlabels, const double *buckets,
+                                   size_t nbuckets, char *err, size_t errlen)
 {
     if (!spgb_metrics_valid_name(name)) {
         seterr(err, errlen, "invalid metric name '%s'", name ? name : "(null)");
@@ -355,8 +353,7 @@ int spgb_metrics_observe(spgb_metric *m, const char *const *values, double v)
     return 0;
 }
 
-int spgb_metrics_get(const spgb_metric *m, const char *const *values, double *v,
-                     double *count)
+int spgb_metrics_get(const spgb_metric *m, const char *const *values, double *v, double *count)
 {
     long at = find_series(m, values);
     if (at < 0)
@@ -370,8 +367,8 @@ int spgb_metrics_get(const spgb_metric *m, const char *const *values, double *v,
 
 int spgb_metrics_gauge_set(const char *name, const char *help, double v)
 {
-    spgb_metric *m = spgb_metrics_register(SPGB_METRIC_GAUGE, name, help, NULL, 0, NULL, 0,
-                                           NULL, 0);
+    spgb_metric *m =
+        spgb_metrics_register(SPGB_METRIC_GAUGE, name, help, NULL, 0, NULL, 0, NULL, 0);
     return m ? spgb_metrics_set(m, NULL, v) : -1;
 }
 
@@ -727,8 +724,8 @@ static int l_observe(lua_State *L)
     spgb_metric *m = check_metric(L, 1);
     double v = luaL_checknumber(L, 2);
     if (m->type != SPGB_METRIC_HISTOGRAM)
-        return luaL_error(L, "metric:observe: '%s' is a %s (observe is for histograms)",
-                          m->name, type_name(m->type));
+        return luaL_error(L, "metric:observe: '%s' is a %s (observe is for histograms)", m->name,
+                          type_name(m->type));
     const char **vals = label_values(L, m, 3, "metric:observe");
     if (spgb_metrics_observe(m, vals, v) != 0)
         return luaL_error(L, "metric:observe: out of memory");
@@ -786,20 +783,19 @@ static int l_expose(lua_State *L)
 }
 
 /* metrics.handler(req) -> 200, text, headers: an http.serve handler for /metrics. */
-static const char metrics_lua[] =
-    "local M = ...\n"
-    "local CT = 'text/plain; version=0.0.4; charset=utf-8'\n"
-    "function M.handler(_req)\n"
-    "  return 200, M.expose(), { ['content-type'] = CT }\n"
-    "end\n"
-    "M.content_type = CT\n"
-    "return M\n";
+static const char metrics_lua[] = "local M = ...\n"
+                                  "local CT = 'text/plain; version=0.0.4; charset=utf-8'\n"
+                                  "function M.handler(_req)\n"
+                                  "  return 200, M.expose(), { ['content-type'] = CT }\n"
+                                  "end\n"
+                                  "M.content_type = CT\n"
+                                  "return M\n";
 
 int luaopen_metrics(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"set", l_set},   {"inc", l_inc},   {"dec", l_dec},   {"observe", l_observe},
-        {"get", l_get},   {"name", l_name}, {"type", l_type}, {NULL, NULL},
+        {"set", l_set}, {"inc", l_inc},   {"dec", l_dec},   {"observe", l_observe},
+        {"get", l_get}, {"name", l_name}, {"type", l_type}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, METRIC_MT)) {
         luaL_newlib(L, methods);

@@ -28,9 +28,8 @@ typedef struct spgb_metric spgb_metric;
  * message into err (errlen bytes) on an invalid name, label, bucket list, a
  * conflicting re-registration, or out of memory. Strings are copied. */
 spgb_metric *spgb_metrics_register(spgb_metric_type type, const char *name, const char *help,
-                                   const char *const *labels, size_t nlabels,
-                                   const double *buckets, size_t nbuckets, char *err,
-                                   size_t errlen);
+                                   const char *const *labels, size_t nlabels, const double *buckets,
+                                   size_t nbuckets, char *err, size_t errlen);
 
 /* The metric registered under name, or NULL. */
 spgb_metric *spgb_metrics_find(const char *name);
@@ -47,8 +46,7 @@ int spgb_metrics_add(spgb_metric *m, const char *const *values, double delta);
 int spgb_metrics_observe(spgb_metric *m, const char *const *values, double v);
 /* Current value (gauge, counter) or observation count and sum (histogram: *v is
  * the sum, *count the count). Returns 0, or -1 when the series does not exist. */
-int spgb_metrics_get(const spgb_metric *m, const char *const *values, double *v,
-                     double *count);
+int spgb_metrics_get(const spgb_metric *m, const char *const *values, double *v, double *count);
 
 /* Convenience for C units: set an unlabelled (or labelled) gauge by name,
  * registering it on first use. Returns 0 or -1. */

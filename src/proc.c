@@ -203,8 +203,8 @@ static const char *opt_string(lua_State *L, int t, const char *k, const char *de
  * env: table of extra NAME=value (merged with ours unless clear_env). user: run as
  * that user (only when we are root). stdin: "inherit" (default), "null", or a
  * string written to the child. stdout/stderr: "inherit" (default), "null",
- * "capture" (read with p:output()) or "file:PATH" (appended to PATH). Returns nil, err when the program cannot be
- * started (for example not found). */
+ * "capture" (read with p:output()) or "file:PATH" (appended to PATH). Returns nil, err when the
+ * program cannot be started (for example not found). */
 static int l_spawn(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -254,7 +254,7 @@ static int l_spawn(lua_State *L)
                 const char *kv = lua_pushfstring(L, "%s=%s", name, val);
                 envp[k++] = kv;
                 lua_rawseti(L, anchor, k); /* pops kv */
-                lua_pop(L, 2);           /* tolstring result, value */
+                lua_pop(L, 2);             /* tolstring result, value */
             }
         }
         for (int i = 0; i < n; i++) {
@@ -332,8 +332,8 @@ static int l_spawn(lua_State *L)
                     uv_close((uv_handle_t *)&p->pipes[j], NULL);
             free(p->input);
             free(p);
-            return luaL_error(L, "proc.spawn: bad %s mode '%s'",
-                              i == 1 ? "stdout" : "stderr", modes[i]);
+            return luaL_error(L, "proc.spawn: bad %s mode '%s'", i == 1 ? "stdout" : "stderr",
+                              modes[i]);
         }
     }
     uv_process_options_t o;
@@ -430,8 +430,8 @@ static int l_wait(lua_State *L)
 static int l_signal(lua_State *L)
 {
     proc *p = check_proc(L);
-    int sig = lua_isinteger(L, 2) ? (int)lua_tointeger(L, 2)
-                                  : spgb_signal_number(luaL_checkstring(L, 2));
+    int sig =
+        lua_isinteger(L, 2) ? (int)lua_tointeger(L, 2) : spgb_signal_number(luaL_checkstring(L, 2));
     if (!sig && !lua_isinteger(L, 2)) {
         const char *n = lua_tostring(L, 2);
         if (strcmp(n, "KILL") == 0 || strcmp(n, "SIGKILL") == 0)

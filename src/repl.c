@@ -146,8 +146,8 @@ static void run_statement(lua_State *L)
 
 static void load_globals(lua_State *L)
 {
-    static const char *mods[] = {"task", "log",     "proc", "template", "fs",      "etcd",
-                                 "pg",   "pgbouncer", "http", "metrics", "json", NULL};
+    static const char *mods[] = {"task", "log",       "proc", "template", "fs",   "etcd",
+                                 "pg",   "pgbouncer", "http", "metrics",  "json", NULL};
     for (const char **m = mods; *m; m++) {
         lua_getglobal(L, "require");
         lua_pushstring(L, strcmp(*m, "json") == 0 ? "cjson" : *m);

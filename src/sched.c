@@ -34,7 +34,7 @@ struct spgb_task {
     char name[64];
     int state;
     int wake;
-    int nargs;    /* values on co's stack for the next resume */
+    int nargs; /* values on co's stack for the next resume */
     bool cancelled;
     bool cancel_raise; /* raise "cancelled" at the next resume point */
     bool ok;           /* result, valid when state == T_DONE */
@@ -44,7 +44,7 @@ struct spgb_task {
     const char *op_name; /* copied at wait: the op may be freed by its cancel */
     uv_timer_t *timer;
     spgb_task *parent, *child, *sibling_next, *sibling_prev;
-    spgb_task *run_next;  /* run queue */
+    spgb_task *run_next;              /* run queue */
     spgb_task *live_next, *live_prev; /* every unfinished task */
     waiter *waiters;
     int traceback_ref;
@@ -97,8 +97,7 @@ spgb_task *spgb_task_current(lua_State *L, const char *what)
 {
     spgb_task *t = spgb_task_of(L);
     if (!t || t->co != L)
-        luaL_error(L, "%s needs a task (called outside a task, e.g. in a plain coroutine)",
-                   what);
+        luaL_error(L, "%s needs a task (called outside a task, e.g. in a plain coroutine)", what);
     return t;
 }
 
@@ -569,8 +568,9 @@ int spgb_sched_run_until(spgb_task *t)
     while (t->state != T_DONE) {
         int alive = uv_run(S.loop, UV_RUN_ONCE);
         if (!alive && t->state != T_DONE && !S.run_head) {
-            fprintf(stderr, "stolon-pgbouncer: task %s waits for something that can never "
-                            "happen (nothing left to run)\n",
+            fprintf(stderr,
+                    "stolon-pgbouncer: task %s waits for something that can never "
+                    "happen (nothing left to run)\n",
                     t->name);
             return 1;
         }
@@ -924,7 +924,7 @@ static sig_reg *sigs;
 static const struct {
     const char *name;
     int num;
-} signames[] = {{"TERM", SIGTERM}, {"INT", SIGINT}, {"QUIT", SIGQUIT}, {"HUP", SIGHUP},
+} signames[] = {{"TERM", SIGTERM}, {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"HUP", SIGHUP},
                 {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {NULL, 0}};
 
 int spgb_signal_number(const char *name)
@@ -1100,9 +1100,16 @@ static const char task_lua[] =
 int luaopen_task(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"spawn", l_spawn},         {"named", l_named},   {"sleep", l_sleep},
-        {"current", l_current},     {"now", l_now},       {"on_signal", l_on_signal},
-        {"cancelled", l_cancelled}, {"observed", l_observed}, {"stats", l_stats}, {"event", l_event},
+        {"spawn", l_spawn},
+        {"named", l_named},
+        {"sleep", l_sleep},
+        {"current", l_current},
+        {"now", l_now},
+        {"on_signal", l_on_signal},
+        {"cancelled", l_cancelled},
+        {"observed", l_observed},
+        {"stats", l_stats},
+        {"event", l_event},
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
@@ -1116,8 +1123,8 @@ int luaopen_task(lua_State *L)
 static void define_metatables(lua_State *L)
 {
     static const luaL_Reg task_methods[] = {
-        {"wait", l_wait}, {"cancel", l_cancel}, {"status", l_status}, {"name", l_name},
-        {NULL, NULL},
+        {"wait", l_wait}, {"cancel", l_cancel}, {"status", l_status},
+        {"name", l_name}, {NULL, NULL},
     };
     luaL_newmetatable(L, TASK_MT);
     luaL_newlib(L, task_methods);

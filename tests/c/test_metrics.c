@@ -48,26 +48,25 @@ static void test_register(void **state)
     (void)state;
     char err[128];
     const char *labels[] = {"a", "b"};
-    spgb_metric *m =
-        spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 2, NULL, 0, err,
-                              sizeof err);
+    spgb_metric *m = spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 2, NULL, 0,
+                                           err, sizeof err);
     assert_non_null(m);
-    assert_ptr_equal(m, spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 2,
-                                              NULL, 0, err, sizeof err));
-    assert_null(spgb_metrics_register(SPGB_METRIC_GAUGE, "c_total", "h", labels, 2, NULL, 0,
-                                      err, sizeof err));
+    assert_ptr_equal(m, spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 2, NULL,
+                                              0, err, sizeof err));
+    assert_null(spgb_metrics_register(SPGB_METRIC_GAUGE, "c_total", "h", labels, 2, NULL, 0, err,
+                                      sizeof err));
     assert_non_null(strstr(err, "already registered as a counter"));
-    assert_null(spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 1, NULL, 0,
-                                      err, sizeof err));
+    assert_null(spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "h", labels, 1, NULL, 0, err,
+                                      sizeof err));
     const char *dup[] = {"a", "a"};
-    assert_null(spgb_metrics_register(SPGB_METRIC_GAUGE, "g", "h", dup, 2, NULL, 0, err,
-                                      sizeof err));
+    assert_null(
+        spgb_metrics_register(SPGB_METRIC_GAUGE, "g", "h", dup, 2, NULL, 0, err, sizeof err));
     const char *le[] = {"le"};
-    assert_null(spgb_metrics_register(SPGB_METRIC_HISTOGRAM, "h", "h", le, 1, NULL, 0, err,
-                                      sizeof err));
+    assert_null(
+        spgb_metrics_register(SPGB_METRIC_HISTOGRAM, "h", "h", le, 1, NULL, 0, err, sizeof err));
     double bad[] = {1, 0.5};
-    assert_null(spgb_metrics_register(SPGB_METRIC_HISTOGRAM, "h", "h", NULL, 0, bad, 2, err,
-                                      sizeof err));
+    assert_null(
+        spgb_metrics_register(SPGB_METRIC_HISTOGRAM, "h", "h", NULL, 0, bad, 2, err, sizeof err));
     assert_ptr_equal(m, spgb_metrics_find("c_total"));
     assert_null(spgb_metrics_find("nope"));
     assert_int_equal(2, spgb_metrics_label_count(m));
@@ -78,8 +77,7 @@ static void test_update_and_get(void **state)
 {
     (void)state;
     const char *labels[] = {"x"};
-    spgb_metric *g =
-        spgb_metrics_register(SPGB_METRIC_GAUGE, "g", "", labels, 1, NULL, 0, NULL, 0);
+    spgb_metric *g = spgb_metrics_register(SPGB_METRIC_GAUGE, "g", "", labels, 1, NULL, 0, NULL, 0);
     spgb_metric *c =
         spgb_metrics_register(SPGB_METRIC_COUNTER, "c_total", "", NULL, 0, NULL, 0, NULL, 0);
     const char *v1[] = {"one"};
@@ -107,8 +105,8 @@ static void test_expose(void **state)
 {
     (void)state;
     const char *labels[] = {"k"};
-    spgb_metric *g = spgb_metrics_register(SPGB_METRIC_GAUGE, "zz", "Help \\ and\nline.",
-                                           labels, 1, NULL, 0, NULL, 0);
+    spgb_metric *g = spgb_metrics_register(SPGB_METRIC_GAUGE, "zz", "Help \\ and\nline.", labels, 1,
+                                           NULL, 0, NULL, 0);
     const char *v[] = {"q\"b\\n\nx"};
     spgb_metrics_set(g, v, 0.1);
     const char *va[] = {"a"};

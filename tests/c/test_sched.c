@@ -100,8 +100,8 @@ static void test_done_resumes_only_from_scheduler(void **state)
     spgb_task *t = luaL_checkudata(L, h, "spgb.task");
     run_loop_once(); /* starts the task: it is now waiting */
     assert_false(spgb_task_finished(t));
-    spgb_op_done(&the_op.op); /* as a library callback would */
-    spgb_op_done(&the_op.op); /* a second completion is ignored */
+    spgb_op_done(&the_op.op);           /* as a library callback would */
+    spgb_op_done(&the_op.op);           /* a second completion is ignored */
     assert_int_equal(the_op.pushed, 0); /* nothing ran inside the "callback" */
     assert_false(spgb_task_finished(t));
     assert_int_equal(spgb_sched_run_until(t), 0);
