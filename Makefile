@@ -61,7 +61,7 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libspgb.a
 # SPGB_LUA_DIR; an installed binary uses $(DATADIR) compiled in.
 export SPGB_LUA_DIR := $(CURDIR)
 
-check: all check-c check-lua lint
+check: all lint check-c check-lua
 
 check-c: $(CTESTBINS)
 	$(Q)set -e; for t in $(CTESTBINS); do echo "== $$t"; $(VALGRIND) $$t; done

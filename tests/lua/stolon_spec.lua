@@ -68,7 +68,8 @@ describe("stolon model on stolon's own documents", function()
   end)
 
   it("does not count the placeholder standby, even as status, nor an unpromoted master", function()
-    local raw = fixture("switched"):gsub('"synchronousStandbys": %[%s*"9a27e6b4"%s*%]', '"synchronousStandbys": ["stolonfakestandby"]')
+    local raw = fixture("switched"):gsub('"synchronousStandbys": %[%s*"9a27e6b4"%s*%]',
+      '"synchronousStandbys": ["stolonfakestandby"]')
     local cd = assert(stolon.decode(raw))
     assert.equals("insufficient_standbys", select(2, cd:recovered("keeper0")))
     -- "slow promotion" variant of the fixtures README: generation ahead of currentGeneration
