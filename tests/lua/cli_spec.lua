@@ -106,7 +106,9 @@ describe("command line", function()
     local dir = assert(os.getenv("SPGB_LUA_DIR"))
     local _, tmp = proc.run { "mktemp", "-d" }
     local prefix = tmp:gsub("%s+$", "")
-    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix, timeout = 120 }
+    -- a clean make: not the variables of a `make asan` we may be running under
+    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix, timeout = 120,
+      env = { MAKEFLAGS = "", MFLAGS = "", MAKELEVEL = "", MAKEOVERRIDES = "" } }
     assert.equals(0, code, err)
     local installed = prefix .. "/bin/stolon-pgbouncer"
     local path = script("return require('stolon').FAKE_STANDBY == 'stolonfakestandby' and 0 or 9\n")
