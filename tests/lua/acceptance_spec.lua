@@ -326,4 +326,26 @@ describe("acceptance on the playground", function()
     assert.are.same({}, missing)
     A.wait_healthy(c, 60)
   end)
+
+  -- Run last: every error a daemon logged during the scenarios was one a scenario
+  -- provoked on purpose (STYLE: integration specs fail on unexpected error lines).
+  it("no daemon logged an unexpected error", function()
+    local expected = {
+      "event=pause_failed code=timeout", -- scenario 2: PAUSE blocked by an open transaction
+    }
+    local unexpected = {}
+    for _, d in ipairs(c.daemons) do
+      local text = fs.read(d.log) or ""
+      for line in text:gmatch("[^\n]+") do
+        if line:find("level=error", 1, true) then
+          local ok = false
+          for _, e in ipairs(expected) do
+            if line:find(e, 1, true) then ok = true end
+          end
+          if not ok then unexpected[#unexpected + 1] = d.name .. ": " .. line end
+        end
+      end
+    end
+    assert.are.same({}, unexpected)
+  end)
 end)
