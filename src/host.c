@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,8 +62,28 @@ const char *spgb_host_luadir(void)
     return luadir;
 }
 
+/* Daemons hold a socket per client (the pauser's HTTP server, supervise's etcd
+ * watch, child pipes): raise the soft descriptor limit to the hard one (capped),
+ * as servers do, instead of failing at 1024 under a connection flood. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY ? 65536 : rl.rlim_max;
+    if (want > 65536)
+        want = 65536;
+    if (rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        fprintf(stderr, "stolon-pgbouncer: cannot raise the descriptor limit (keeping the "
+                        "current one)\n");
+}
+
 lua_State *spgb_host_new(void)
 {
+    raise_fd_limit();
     lua_State *L = luaL_newstate();
     if (!L) {
         fprintf(stderr, "stolon-pgbouncer: cannot create the Lua state (out of memory)\n");
