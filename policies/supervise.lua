@@ -39,6 +39,15 @@ local L = log.with { component = "supervise" }
 
 m.cluster_identifier:set(1, { cluster_name = opts.cluster_name })
 m.store_poll_interval:set(opts.poll_interval)
+-- Alert before the store client certificate expires (stolon-pgbouncer#128).
+if opts.store_cert_file and opts.store_cert_file ~= "" then
+  local expiry, xerr = common.certificate_expiry(opts.store_cert_file)
+  if expiry then
+    m.certificate_expiry:set(expiry, { cert_file = opts.store_cert_file })
+  else
+    L.warn { event = "certificate_expiry_unknown", cert_file = opts.store_cert_file, error = tostring(xerr) }
+  end
+end
 common.serve_metrics(opts)
 
 -- The template is read at start-up (a broken file stops us before anything is

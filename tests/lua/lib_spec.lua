@@ -87,3 +87,20 @@ describe("pretty", function()
     assert.is_true(s:find("a = true", 1, true) < s:find("b = {", 1, true))
   end)
 end)
+
+describe("common.certificate_expiry", function()
+  local common = require "common"
+  local proc = require "proc"
+  it("reads a certificate's notAfter as unix seconds (stolon_store_certificate_expiry_seconds)", function()
+    local _, out = proc.run { "mktemp", "-d" }
+    local dir = out:gsub("%s+$", "")
+    local code, _, err = proc.run { "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+      "-subj", "/CN=store-client", "-keyout", dir .. "/k.pem", "-out", dir .. "/c.pem" }
+    assert.equals(0, code, err)
+    local expiry = assert(common.certificate_expiry(dir .. "/c.pem"))
+    local want = os.time() + 2 * 86400
+    assert.is_true(math.abs(expiry - want) < 120, ("%d vs %d"):format(expiry, want))
+    assert.is_nil((common.certificate_expiry(dir .. "/missing.pem")))
+    proc.run { "rm", "-rf", dir }
+  end)
+end)
