@@ -20,7 +20,12 @@ local opts = flags.parse_or_exit({
   { name = "failover-sleep-interval", default = "1s", help = "Passed to failover" },
   { name = "keep", type = "bool", help = "Leave the playground's folder behind (logs)" },
   { name = "json", default = "", help = "Write the report as JSON to this file" },
+  { name = "verbose", type = "bool", help = "Show the playground's own logs (the stand-in sentinel's)" },
 }, arg, { command = "run examples/demo.lua", description = "Failover under load on a local playground" })
+
+-- The report is the output; the stand-in sentinel's logfmt lines only with --verbose
+-- (the daemons log to files in the playground's folder, kept with --keep).
+if not opts.verbose then require("log").set_level("warn") end
 
 local function say(fmt, ...)
   io.stdout:write((fmt .. "\n"):format(...))
