@@ -131,11 +131,7 @@ describe("http server", function()
   end)
 
   it("works with our own client, many requests in parallel", function()
-    local ok, httpc = pcall(require, "httpc")
-    if not ok then
-      pending("httpc is not linked yet")
-      return
-    end
+    local httpc = require "httpc"
     assert.equals(httpc.request, http.request)
     local fns = {}
     for i = 1, 50 do

@@ -3,6 +3,7 @@
 -- listed HEALTHY; a pauser that is down (or a wrong token) shows UNHEALTHY and the
 -- exit status is 1.
 local D = require "support.daemon"
+local E = require "support.etcd"
 local P = require "support.pg"
 local fs = require "fs"
 local http = require "http"
@@ -15,7 +16,7 @@ local CLUSTER = "st"
 local TOKEN = "status-spec-token"
 
 describe("status", function()
-  local dir, etcd_proc, endpoint, client, db, bouncer, pauser_port
+  local dir, etcd_srv, endpoint, client, db, bouncer, pauser_port
   local pausers = {}
 
   local function status(extra)
@@ -50,16 +51,8 @@ describe("status", function()
 
   setup(function()
     dir = P.tmpdir("spgb-status")
-    endpoint = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT)
-    local peer = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT + 1)
-    etcd_proc = assert(proc.spawn { "etcd", "--name", "st", "--data-dir", dir .. "/etcd",
-      "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "st=" .. peer,
-      "--log-level", "error", stdin = "null", stdout = "null", stderr = "capture" })
-    assert(D.eventually(20, function()
-      local r = http.request { url = endpoint .. "/health", timeout = 1 }
-      return r and r.status == 200
-    end), "etcd did not start")
+    etcd_srv = E.start { members = 1, hosts = { ETCD_HOST }, port = ETCD_PORT - 2 }
+    endpoint = etcd_srv.endpoints[1]
     client = assert(require("etcd").connect { endpoints = { endpoint }, timeout = 3 })
     put_fixture("healthy")
     db = P.start_postgres { host = BOUNCER_HOST, port = P.free_port(BOUNCER_HOST) }
@@ -73,10 +66,7 @@ describe("status", function()
     for _, p in pairs(pausers) do p:stop() end
     if bouncer then bouncer:destroy() end
     if db then db:destroy() end
-    if etcd_proc then
-      etcd_proc:signal("KILL")
-      etcd_proc:wait(5)
-    end
+    if etcd_srv then etcd_srv:stop() end
     if dir then proc.run { "rm", "-rf", dir } end
   end)
 

@@ -4,6 +4,7 @@
 -- original's metrics, and drains on TERM. The clusterdata documents are stolon's
 -- (tests/fixtures/stolon) with the addresses rewritten to ours.
 local D = require "support.daemon"
+local E = require "support.etcd"
 local P = require "support.pg"
 local fs = require "fs"
 local http = require "http"
@@ -18,22 +19,8 @@ local BOUNCER_HOST = "127.0.4.44"
 local CLUSTER = "sv"
 local KEY = "stolon/cluster/" .. CLUSTER .. "/clusterdata"
 
-local function start_etcd(dir)
-  local endpoint = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT)
-  local peer = ("http://%s:%d"):format(ETCD_HOST, ETCD_PORT + 1)
-  local p = assert(proc.spawn { "etcd", "--name", "sv", "--data-dir", dir .. "/etcd",
-    "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "sv=" .. peer,
-    "--log-level", "error", stdin = "null", stdout = "null", stderr = "capture" })
-  assert(D.eventually(20, function()
-    local r = http.request { url = endpoint .. "/health", timeout = 1 }
-    return r and r.status == 200
-  end), "etcd did not start")
-  return p, endpoint
-end
-
 describe("supervise", function()
-  local dir, etcd_proc, endpoint, client, pg_a, pg_b, pg_port
+  local dir, etcd_srv, endpoint, client, pg_a, pg_b, pg_port
   local bouncer_port, metrics_port, sv, admin
   local docs = {}
 
@@ -119,7 +106,8 @@ describe("supervise", function()
 
   setup(function()
     dir = P.tmpdir("spgb-supervise")
-    etcd_proc, endpoint = start_etcd(dir)
+    etcd_srv = E.start { members = 1, hosts = { ETCD_HOST }, port = ETCD_PORT - 2 }
+    endpoint = etcd_srv.endpoints[1]
     client = assert(require("etcd").connect { endpoints = { endpoint }, timeout = 3 })
     pg_port = P.free_port(HOST_A)
     pg_a = P.start_postgres { host = HOST_A, port = pg_port }
@@ -140,10 +128,7 @@ describe("supervise", function()
     if pid and pid:match("%d+") then proc.run { "kill", "-KILL", pid:match("%d+") } end
     if pg_a then pg_a:destroy() end
     if pg_b then pg_b:destroy() end
-    if etcd_proc then
-      etcd_proc:signal("KILL")
-      etcd_proc:wait(5)
-    end
+    if etcd_srv then etcd_srv:stop() end
     if dir then proc.run { "rm", "-rf", dir } end
   end)
 

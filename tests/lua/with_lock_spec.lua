@@ -2,8 +2,8 @@
 -- command failed, 2 lock held past --lock-timeout, 1 store error), mutual exclusion
 -- with etcd's own mutex (`etcdctl lock`) both ways, output passed through, no shell.
 local D = require "support.daemon"
+local E = require "support.etcd"
 local P = require "support.pg"
-local http = require "http"
 local proc = require "proc"
 local task = require "task"
 
@@ -12,7 +12,7 @@ local CLUSTER = "wl"
 local LOCK = "stolon/cluster/" .. CLUSTER .. "/clusterdata/failover"
 
 describe("with-lock", function()
-  local dir, etcd_proc, endpoint, client
+  local dir, etcd_srv, endpoint, client
 
   local function with_lock(args, extra)
     local argv = { "with-lock", "--cluster-name", CLUSTER, "--store-endpoints", endpoint, "--metrics-port", "0" }
@@ -36,24 +36,13 @@ describe("with-lock", function()
 
   setup(function()
     dir = P.tmpdir("spgb-with-lock")
-    endpoint = ("http://%s:%d"):format(HOST, PORT)
-    local peer = ("http://%s:%d"):format(HOST, PORT + 1)
-    etcd_proc = assert(proc.spawn { "etcd", "--name", "wl", "--data-dir", dir .. "/etcd",
-      "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "wl=" .. peer,
-      "--log-level", "error", stdin = "null", stdout = "null", stderr = "capture" })
-    assert(D.eventually(20, function()
-      local r = http.request { url = endpoint .. "/health", timeout = 1 }
-      return r and r.status == 200
-    end), "etcd did not start")
+    etcd_srv = E.start { members = 1, hosts = { HOST }, port = PORT - 2 }
+    endpoint = etcd_srv.endpoints[1]
     client = assert(require("etcd").connect { endpoints = { endpoint }, timeout = 3 })
   end)
 
   teardown(function()
-    if etcd_proc then
-      etcd_proc:signal("KILL")
-      etcd_proc:wait(5)
-    end
+    if etcd_srv then etcd_srv:stop() end
     if dir then proc.run { "rm", "-rf", dir } end
   end)
 
