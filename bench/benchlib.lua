@@ -104,18 +104,8 @@ function M.write(path, text)
   if M.is_root() then proc.run { "chown", "postgres:postgres", path } end
 end
 
--- wait_until(seconds, fn, [interval]) -> fn's value | nil, last error
-function M.wait_until(seconds, fn, interval)
-  local deadline = task.now() + seconds
-  local last
-  repeat
-    local ok, v, err = pcall(fn)
-    if ok and v then return v end
-    last = ok and err or v
-    task.sleep(interval or 0.05)
-  until task.now() > deadline
-  return nil, last
-end
+-- wait_until(seconds, fn, [interval]) -> fn's value | nil, last error (support.pg's loop)
+M.wait_until = require("support.pg").eventually
 
 -- start_etcd{host=, port=, dir=} -> {p=proc, endpoint=, client=} (peer port = port + 1)
 function M.start_etcd(o)

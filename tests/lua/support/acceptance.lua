@@ -18,19 +18,8 @@ local task = require "task"
 
 local M = {}
 
--- Retry fn() (pcall'ed) until it returns a truthy value, for at most seconds.
--- -> value | nil, last error
-function M.eventually(seconds, fn, step)
-  local deadline = task.now() + seconds
-  local last
-  repeat
-    local ok, v, err = pcall(fn)
-    if ok and v then return v end
-    last = ok and err or v
-    task.sleep(step or 0.1)
-  until task.now() > deadline
-  return nil, last
-end
+-- Retry fn() (pcall'ed) until it returns a truthy value: support.pg's loop.
+M.eventually = require("support.pg").eventually
 
 function M.key(c)
   return stolon.key("stolon/cluster", c.o.cluster_name)

@@ -73,15 +73,17 @@ function M.free_port(host)
   error("support.pg.free_port: no free port found")
 end
 
--- Retry fn() until it returns a truthy value, for at most `seconds`.
-function M.eventually(seconds, fn)
+-- eventually(seconds, fn [, step]) -> fn's value | nil, last error: retry fn()
+-- (pcall'ed) until it returns a truthy value, for at most `seconds`. The one retry
+-- loop of the suites and benchmarks.
+function M.eventually(seconds, fn, step)
   local deadline = task.now() + seconds
   local last
   repeat
     local ok, v, err = pcall(fn)
     if ok and v then return v end
     last = ok and err or v
-    task.sleep(0.05)
+    task.sleep(step or 0.05)
   until task.now() > deadline
   return nil, last
 end
