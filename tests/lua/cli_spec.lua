@@ -106,8 +106,10 @@ describe("command line", function()
     local dir = assert(os.getenv("SPGB_LUA_DIR"))
     local _, tmp = proc.run { "mktemp", "-d" }
     local prefix = tmp:gsub("%s+$", "")
-    -- a clean make: not the variables of a `make asan` we may be running under
-    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix, timeout = 120,
+    -- a plain build: not the variables of a `make asan` we may be running under (make
+    -- passes them on through MAKEFLAGS and the environment)
+    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix,
+      "BUILD=build", "CFLAGS=-O2 -g", "EXTRA_CFLAGS=", "EXTRA_LDFLAGS=", timeout = 120,
       env = { MAKEFLAGS = "", MFLAGS = "", MAKELEVEL = "", MAKEOVERRIDES = "" } }
     assert.equals(0, code, err)
     local installed = prefix .. "/bin/stolon-pgbouncer"
