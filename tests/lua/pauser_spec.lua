@@ -62,6 +62,7 @@ describe("pauser", function()
     if daemon then daemon:stop() end
     if bouncer then bouncer:destroy() end
     if db then db:destroy() end
+    if dir then require("proc").run { "rm", "-rf", dir } end
   end)
 
   it("reports health with PgBouncer's databases and config", function()
