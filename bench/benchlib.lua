@@ -8,7 +8,6 @@
 --   local res = B.result("convergence")       -- res:row{...}; res:save()
 local cjson = require "cjson"
 local etcd = require "etcd"
-local http = require "http"
 local log = require "log"
 local proc = require "proc"
 local task = require "task"
@@ -49,7 +48,27 @@ Result.__index = Result
 
 -- result(name) -> collector of rows for bench/results/<name>.json
 function M.result(name)
-  return setmetatable({ benchmark = name, rows = {}, raw = {}, started = os.time() }, Result)
+  return setmetatable({ benchmark = name, rows = {}, raw = {}, started = os.time(), cleanup = {} }, Result)
+end
+
+-- res:defer(fn): a clean-up that res:run runs (in reverse order), also when main fails
+function Result:defer(fn)
+  self.cleanup[#self.cleanup + 1] = fn
+end
+
+-- res:run(main) -> exit status: main(), then the clean-ups; a failure becomes a row;
+-- prints and saves the result either way. Every bench script ends with it.
+function Result:run(main)
+  local ok, err = pcall(main)
+  for i = #self.cleanup, 1, -1 do pcall(self.cleanup[i]) end
+  if not ok then
+    io.stderr:write(self.benchmark, ": ", tostring(err), "\n")
+    self.error = tostring(err)
+    self:row { figure = "benchmark failed", value = tostring(err), met = false }
+  end
+  self:print()
+  self:save()
+  return ok and 0 or 1
 end
 
 -- res:row{figure=, value=, unit=, floor= (same unit), floor_what=, goal=, met=true|false|nil}
@@ -107,27 +126,13 @@ end
 -- wait_until(seconds, fn, [interval]) -> fn's value | nil, last error (support.pg's loop)
 M.wait_until = require("support.pg").eventually
 
--- start_etcd{host=, port=, dir=} -> {p=proc, endpoint=, client=} (peer port = port + 1)
+-- start_etcd{host=, port=} -> {endpoint=, client=, stop=fn}: one member through
+-- the suites' support.etcd (client URL on port, peer on port + 1)
 function M.start_etcd(o)
-  local endpoint = ("http://%s:%d"):format(o.host, o.port)
-  local peer = ("http://%s:%d"):format(o.host, o.port + 1)
-  local p = assert(proc.spawn {
-    "etcd", "--name", "bench", "--data-dir", o.dir .. "/etcd",
-    "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-    "--initial-cluster", "bench=" .. peer, "--log-level", "error",
-    stdin = "null", stdout = "null", stderr = "capture",
-  })
-  local ok, err = M.wait_until(20, function()
-    if not p:running() then error("etcd exited: " .. select(2, p:output()), 0) end
-    local r = http.request { url = endpoint .. "/health", timeout = 1 }
-    return r and r.status == 200
-  end)
-  if not ok then
-    p:signal("KILL")
-    error("etcd on " .. endpoint .. " did not start: " .. tostring(err), 0)
-  end
-  return { p = p, endpoint = endpoint, client = assert(etcd.connect { endpoints = { endpoint }, timeout = 3 }) }
+  local srv = require("support.etcd").start { members = 1, hosts = { o.host }, port = o.port - 2 }
+  local endpoint = srv.endpoints[1]
+  return { endpoint = endpoint, client = assert(etcd.connect { endpoints = { endpoint }, timeout = 3 }),
+    stop = function() srv:stop() end }
 end
 
 -- ours(args, {as_postgres=, env=, stderr=}) -> proc of `stolon-pgbouncer args...`

@@ -16,6 +16,7 @@ package.path = package.path .. ";bench/?.lua;tests/lua/?.lua"
 local B = require "benchlib"
 local P = require "support.pg"
 local cd = require "playground.clusterdata"
+local cluster = require "playground.cluster"
 local fs = require "fs"
 local pg = require "pg"
 local pgbouncer = require "pgbouncer"
@@ -33,32 +34,10 @@ local KEY = stolon.key("stolon/cluster", CLUSTER)
 
 B.quiet()
 local res = B.result("convergence")
-local cleanup = {}
-local function defer(fn) cleanup[#cleanup + 1] = fn end
+local function defer(fn) res:defer(fn) end
 
 local function template_text(dir)
-  return table.concat({
-    "[databases]",
-    "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
-    "",
-    "[pgbouncer]",
-    "listen_addr = " .. B.ADDR .. "20",
-    "listen_port = " .. BOUNCER_PORT,
-    "unix_socket_dir = " .. dir,
-    "auth_type = trust",
-    "auth_file = " .. dir .. "/userlist.txt",
-    "admin_users = pgbouncer",
-    "pool_mode = transaction",
-    "server_login_retry = 1",
-    "max_client_conn = 200",
-    "default_pool_size = 10",
-    "log_connections = 0",
-    "log_disconnections = 0",
-    "logfile = " .. dir .. "/pgbouncer.log",
-    "pidfile = " .. dir .. "/pgbouncer.pid",
-    "ignore_startup_parameters = extra_float_digits",
-    "",
-  }, "\n")
+  return cluster.bouncer_template { listen = B.ADDR .. "20", port = BOUNCER_PORT, dir = dir, databases = { "postgres" } }
 end
 
 -- The two clusterdata documents: master on db a, or on db b.
@@ -180,8 +159,8 @@ local function main()
   local dir = B.tmpdir("spgb-bench-conv")
   defer(function() proc.run { "rm", "-rf", dir } end)
   B.say("convergence: starting etcd, two Postgres servers, supervise ...")
-  local e = B.start_etcd { host = B.ADDR .. "20", port = ETCD_PORT, dir = dir }
-  defer(function() B.stop(e.p) end)
+  local e = B.start_etcd { host = B.ADDR .. "20", port = ETCD_PORT }
+  defer(e.stop)
   local a = P.start_postgres { host = B.ADDR .. "11", port = PG_PORT }
   defer(function() a:destroy() end)
   local b = P.start_postgres { host = B.ADDR .. "12", port = PG_PORT }
@@ -302,13 +281,4 @@ local function main()
   res:row { figure = "connections that reached the old server", value = wrong, unit = "", goal = "0", met = wrong == 0 }
 end
 
-local ok, err = pcall(main)
-for i = #cleanup, 1, -1 do pcall(cleanup[i]) end
-if not ok then
-  io.stderr:write("convergence: ", tostring(err), "\n")
-  res.error = tostring(err)
-  res:row { figure = "benchmark failed", value = tostring(err), met = false }
-end
-res:print()
-res:save()
-return ok and 0 or 1
+return res:run(main)

@@ -211,13 +211,5 @@ local function main()
   res:row { figure = "committed rows missing on the new primary", value = missing, goal = "0", met = missing == 0 }
 end
 
-local ok, err = pcall(main)
-if c then c:stop() end
-if not ok then
-  io.stderr:write("failover: ", tostring(err), "\n")
-  res.error = tostring(err)
-  res:row { figure = "benchmark failed", value = tostring(err), met = false }
-end
-res:print()
-res:save()
-return ok and 0 or 1
+res:defer(function() if c then c:stop() end end)
+return res:run(main)

@@ -22,8 +22,7 @@ local TOKEN = "bench-fanout-token"
 
 B.quiet()
 local res = B.result("fanout")
-local cleanup = {}
-local function defer(fn) cleanup[#cleanup + 1] = fn end
+local function defer(fn) res:defer(fn) end
 
 local function main()
   B.say("fanout: starting Postgres, 16 PgBouncers and 16 pausers on 127.0.2.30-45 ...")
@@ -141,13 +140,4 @@ local function main()
     floor = B.ms(cpu_per[1].client * 16), floor_what = "16 x its CPU for one" }
 end
 
-local ok, err = pcall(main)
-for i = #cleanup, 1, -1 do pcall(cleanup[i]) end
-if not ok then
-  io.stderr:write("fanout: ", tostring(err), "\n")
-  res.error = tostring(err)
-  res:row { figure = "benchmark failed", value = tostring(err), met = false }
-end
-res:print()
-res:save()
-return ok and 0 or 1
+return res:run(main)

@@ -15,6 +15,7 @@ package.path = package.path .. ";bench/?.lua;tests/lua/?.lua"
 local B = require "benchlib"
 local P = require "support.pg"
 local cd = require "playground.clusterdata"
+local cluster = require "playground.cluster"
 local fs = require "fs"
 local http = require "http"
 local pg = require "pg"
@@ -30,17 +31,10 @@ local STARTS, RUNS = 5, 20
 
 B.quiet()
 local res = B.result("footprint")
-local cleanup = {}
-local function defer(fn) cleanup[#cleanup + 1] = fn end
+local function defer(fn) res:defer(fn) end
 
 local function template_text(dir, port)
-  return table.concat({
-    "[databases]", "postgres = host={{.Host}} port={{.Port}} dbname=postgres", "",
-    "[pgbouncer]", "listen_addr = " .. HOST, "listen_port = " .. port, "unix_socket_dir = " .. dir,
-    "auth_type = trust", "auth_file = " .. dir .. "/userlist.txt", "admin_users = pgbouncer",
-    "pool_mode = transaction", "logfile = " .. dir .. "/pgbouncer.log", "pidfile = " .. dir .. "/pgbouncer.pid",
-    "ignore_startup_parameters = extra_float_digits", "",
-  }, "\n")
+  return cluster.bouncer_template { listen = HOST, port = port, dir = dir, databases = { "postgres" } }
 end
 
 local function accepting(port)
@@ -70,8 +64,8 @@ local function main()
   local dir = B.tmpdir("spgb-bench-footprint")
   defer(function() proc.run { "rm", "-rf", dir } end)
   B.say("footprint: starting etcd, Postgres ...")
-  local e = B.start_etcd { host = HOST, port = ETCD_PORT, dir = dir }
-  defer(function() B.stop(e.p) end)
+  local e = B.start_etcd { host = HOST, port = ETCD_PORT }
+  defer(e.stop)
   local db = P.start_postgres { host = B.ADDR .. "11", port = PG_PORT }
   defer(function() db:destroy() end)
   local keepers = { { uid = "keeper0", host = db.host, port = db.port, db_uid = "db0" } }
@@ -196,13 +190,4 @@ local function main()
     goal = "< 8 MB", met = median_of(line_rss) < 8 * MB }
 end
 
-local ok, err = pcall(main)
-for i = #cleanup, 1, -1 do pcall(cleanup[i]) end
-if not ok then
-  io.stderr:write("footprint: ", tostring(err), "\n")
-  res.error = tostring(err)
-  res:row { figure = "benchmark failed", value = tostring(err), met = false }
-end
-res:print()
-res:save()
-return ok and 0 or 1
+return res:run(main)

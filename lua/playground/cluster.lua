@@ -59,18 +59,23 @@ end
 
 local wait_for = pgnode.wait_for -- (what, seconds, fn [, interval]) -> value | nil, err
 
-local function bouncer_template(o, listen, dir, target_port)
-  return table.concat({
-    "[databases]",
-    ("app = host={{.Host}} port=%s dbname=app"):format(target_port or "{{.Port}}"),
-    ("postgres = host={{.Host}} port=%s dbname=postgres"):format(target_port or "{{.Port}}"),
+-- bouncer_template{listen=, port=, dir=, target_port= ("{{.Port}}"), databases=
+-- ({"app", "postgres"})} -> the text of a pgbouncer.ini template for `supervise`:
+-- trust auth with dir/userlist.txt, transaction pooling, low server_login_retry,
+-- log and pid files in dir. The playground's, and the benchmarks'.
+function M.bouncer_template(t)
+  local lines = { "[databases]" }
+  for _, db in ipairs(t.databases or { "app", "postgres" }) do
+    lines[#lines + 1] = ("%s = host={{.Host}} port=%s dbname=%s"):format(db, t.target_port or "{{.Port}}", db)
+  end
+  for _, l in ipairs {
     "",
     "[pgbouncer]",
-    "listen_addr = " .. listen,
-    "listen_port = " .. o.bouncer_port,
-    "unix_socket_dir = " .. dir,
+    "listen_addr = " .. t.listen,
+    "listen_port = " .. t.port,
+    "unix_socket_dir = " .. t.dir,
     "auth_type = trust",
-    "auth_file = " .. dir .. "/userlist.txt",
+    "auth_file = " .. t.dir .. "/userlist.txt",
     "admin_users = pgbouncer",
     "pool_mode = transaction",
     "server_login_retry = 1",
@@ -78,11 +83,12 @@ local function bouncer_template(o, listen, dir, target_port)
     "default_pool_size = 20",
     "log_connections = 0",
     "log_disconnections = 0",
-    "logfile = " .. dir .. "/pgbouncer.log",
-    "pidfile = " .. dir .. "/pgbouncer.pid",
+    "logfile = " .. t.dir .. "/pgbouncer.log",
+    "pidfile = " .. t.dir .. "/pgbouncer.pid",
     "ignore_startup_parameters = extra_float_digits",
     "",
-  }, "\n")
+  } do lines[#lines + 1] = l end
+  return table.concat(lines, "\n")
 end
 
 local Cluster = {}
@@ -168,7 +174,8 @@ function Cluster:start_bouncer(name, host, target_port)
   fs.mkdir_p(dir, "0750")
   if self.root then proc.run { "chown", "postgres:postgres", dir } end
   assert(write(dir .. "/userlist.txt", '"pgbouncer" ""\n"app" "app"\n"postgres" ""\n', self.root))
-  assert(write(dir .. "/pgbouncer.ini.template", bouncer_template(o, host, dir, target_port), self.root))
+  local tmpl = M.bouncer_template { listen = host, port = o.bouncer_port, dir = dir, target_port = target_port }
+  assert(write(dir .. "/pgbouncer.ini.template", tmpl, self.root))
   local argv = {
     "supervise", "--pgbouncer-config-file", dir .. "/pgbouncer.ini",
     "--pgbouncer-config-template-file", dir .. "/pgbouncer.ini.template",
