@@ -9,6 +9,7 @@ local metrics = require "metrics"
 local pgbouncer = require "pgbouncer"
 local proc = require "proc"
 local stolon = require "stolon"
+local task = require "task"
 
 local M = {}
 
@@ -210,7 +211,6 @@ end
 -- and watches again when that read finds a change the watch missed (a frozen member).
 -- Returns when fn returns true; runs until cancelled otherwise. Task only.
 function M.follow(client, key, opts, fn)
-  local task = require "task"
   local last = 0
   local poll = opts.poll_interval or 60
   local function deliver(kv)

@@ -97,6 +97,30 @@ local function stop_proc(p, seconds)
   end
 end
 
+-- Start a server (argv) and wait until `sql` answers on conninfo; raise with its
+-- stderr when it exits or does not answer in `seconds`. -> the proc.
+local function spawn_ready(what, server, argv, conninfo, sql, seconds)
+  local p, err = proc.spawn(argv)
+  if not p then error(("start %s: %s"):format(what, tostring(err))) end
+  local ok, why = M.eventually(seconds, function()
+    if not p:running() then
+      local _, errout = p:output()
+      error(what .. " exited: " .. errout)
+    end
+    local c, e = pg.connect(conninfo, { timeout = 2 })
+    if not c then return nil, e end
+    local rows = c:query(sql)
+    c:close()
+    return rows ~= nil
+  end)
+  if not ok then
+    stop_proc(p)
+    local _, errout = p:output()
+    error(("%s on %s:%d did not start: %s %s"):format(what, server.host, server.port, tostring(why), errout))
+  end
+  return p
+end
+
 local Postgres = {}
 Postgres.__index = Postgres
 
@@ -127,25 +151,7 @@ function Postgres:start()
     argv[#argv + 1] = "-c"
     argv[#argv + 1] = kv
   end
-  local p, err = proc.spawn(argv)
-  if not p then error("start postgres: " .. tostring(err)) end
-  self.proc = p
-  local ok, why = M.eventually(self.start_timeout or 30, function()
-    if not p:running() then
-      local _, errout = p:output()
-      error("postgres exited: " .. errout)
-    end
-    local c, e = pg.connect(self:conninfo(), { timeout = 2 })
-    if not c then return nil, e end
-    local rows = c:query("select 1 as ok")
-    c:close()
-    return rows ~= nil
-  end)
-  if not ok then
-    stop_proc(p)
-    local _, errout = p:output()
-    error(("postgres on %s:%d did not start: %s %s"):format(self.host, self.port, tostring(why), errout))
-  end
+  self.proc = spawn_ready("postgres", self, argv, self:conninfo(), "select 1 as ok", self.start_timeout or 30)
   return self
 end
 
@@ -224,26 +230,8 @@ function Bouncer:signal(name)
 end
 
 function Bouncer:start()
-  local p, err = proc.spawn(as_user({ M.pgbouncer, self.ini, stdin = "null", stdout = "null",
-                                      stderr = "capture" }))
-  if not p then error("start pgbouncer: " .. tostring(err)) end
-  self.proc = p
-  local ok, why = M.eventually(20, function()
-    if not p:running() then
-      local _, errout = p:output()
-      error("pgbouncer exited: " .. errout)
-    end
-    local c, e = pg.connect(self:admin_conninfo(), { timeout = 2 })
-    if not c then return nil, e end
-    local rows = c:query("SHOW VERSION")
-    c:close()
-    return rows ~= nil
-  end)
-  if not ok then
-    stop_proc(p)
-    local _, errout = p:output()
-    error(("pgbouncer on %s:%d did not start: %s %s"):format(self.host, self.port, tostring(why), errout))
-  end
+  self.proc = spawn_ready("pgbouncer", self, as_user({ M.pgbouncer, self.ini, stdin = "null", stdout = "null",
+    stderr = "capture" }), self:admin_conninfo(), "SHOW VERSION", 20)
   return self
 end
 
