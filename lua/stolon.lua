@@ -82,7 +82,6 @@ function M.db(cd, uid)
     port = type(st.port) == "string" and st.port or (st.port and tostring(st.port)) or nil,
     sync = list(st.synchronousStandbys),
     external_sync = list(st.externalSynchronousStandbys),
-    spec_sync = list(spec.synchronousStandbys),
     spec_external_sync = list(spec.externalSynchronousStandbys),
   }
 end
@@ -219,11 +218,6 @@ function M.keepers(cd)
     end
   end
   return out
-end
-
-function M.keeper_healthy(cd, keeper)
-  local k = obj(obj(cd.doc.keepers)[keeper])
-  return obj(k.status).healthy == true
 end
 
 -- with_sleep_interval(raw, interval) -> new raw | nil, err (only that field changes)

@@ -108,7 +108,6 @@ local state = {
   changed = task.event(),
   child = nil,
   stopping = false,
-  started = task.event(),
 }
 
 -- Render and write the config for master m. Returns true, or nil, err (old config kept).
@@ -211,7 +210,6 @@ local function apply(kv)
   state.applied_host = addr
   m.last_reload_seconds:set(common.unix_now(), { keeper = master.keeper })
   L.info { event = "reloaded", host = master.host, keeper = master.keeper, revision = kv.mod_revision }
-  state.started:set()
   return true
 end
 

@@ -183,12 +183,10 @@ int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lu
         lua_pushliteral(L, "cancelled");
         return lua_error(L);
     }
-    if (op->state == OP_DONE) {
-        /* Completed synchronously by the primitive: still go through the queue so
-         * every resume happens from the scheduler. */
-    } else {
+    /* An op completed synchronously by the primitive still goes through the queue,
+     * so every resume happens from the scheduler. */
+    if (op->state != OP_DONE)
         op->state = OP_PENDING;
-    }
     op->task = t;
     t->op = op;
     t->op_name = op->name ? op->name : "operation";

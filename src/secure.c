@@ -35,9 +35,7 @@ static int l_random_hex(lua_State *L)
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 1 && n <= 64, 1, "between 1 and 64");
     uint8_t buf[64];
-    size_t want = (size_t)n & 127;
-    if (want > sizeof buf)
-        want = sizeof buf;
+    size_t want = (size_t)n < sizeof buf ? (size_t)n : sizeof buf; /* checked above */
     ssize_t got = getrandom(buf, want, 0);
     if (got != n) {
         lua_pushnil(L);
