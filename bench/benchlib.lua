@@ -148,23 +148,11 @@ function M.ours(args, o)
   return assert(proc.spawn(argv))
 end
 
--- stop(p): TERM, then KILL after `seconds` (default 10)
-function M.stop(p, seconds)
-  if not p or not p:running() then return end
-  p:signal("TERM")
-  if not p:wait(seconds or 10) then
-    p:signal("KILL")
-    p:wait(5)
-  end
-end
+-- stop(p [, seconds=10]): TERM, then KILL after seconds (support.pg's)
+M.stop = require("support.pg").stop
 
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local t = f:read("a")
-  f:close()
-  return t
-end
+-- read_file(path) -> text | nil, err (also for /proc files)
+local read_file = require("fs").read
 M.read_file = read_file
 
 -- status(pid) -> {rss_kb=, hwm_kb=, anon_kb=, file_kb=} from /proc/<pid>/status

@@ -7,13 +7,7 @@
 local cjson = require "cjson.safe"
 local proc = require "proc"
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local t = f:read("a")
-  f:close()
-  return t
-end
+local read = require("fs").read -- text | nil, err
 
 local function json(name)
   local t = read("bench/results/" .. name .. ".json")

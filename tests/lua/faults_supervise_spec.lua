@@ -25,13 +25,7 @@ local function sh(argv)
   return out
 end
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require("fs").read -- text | nil, err
 
 -- clusterdata with keeper<i-1> (on HOSTS[i]) as master.
 local function clusterdata(i)

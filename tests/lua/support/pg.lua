@@ -88,6 +88,7 @@ function M.eventually(seconds, fn, step)
   return nil, last
 end
 
+-- stop(p [, seconds=10]): TERM, then KILL when it outlives seconds.
 local function stop_proc(p, seconds)
   if not p or not p:running() then return end
   p:signal("TERM")
@@ -96,6 +97,8 @@ local function stop_proc(p, seconds)
     p:wait(5)
   end
 end
+
+M.stop = stop_proc
 
 -- Start a server (argv) and wait until `sql` answers on conninfo; raise with its
 -- stderr when it exits or does not answer in `seconds`. -> the proc.
