@@ -5,7 +5,7 @@
  *
  * Each input is a clusterdata document: stolon.decode, then every query the
  * commands make (master, check_healthy, recovered, keepers, sync/async
- * standbys, databases, min_sync, sleep_interval, keeper_healthy, describe),
+ * standbys, databases, min_sync, sleep_interval, describe),
  * then stolon.with_force_fail, stolon.with_sleep_interval and jsonedit.get/set
  * on the raw text. Contract checked: these functions return a value or
  * nil, err; they never raise on any input. Besides: when the input is valid
@@ -56,8 +56,7 @@ static const char driver[] =
     "      if type(k.host) ~= 'string' then error('keepers: host is not a string') end\n"
     "    end\n"
     "    cd:sync_standbys(); cd:async_standbys(); cd:databases(); cd:db_uids()\n"
-    "    cd:min_sync(); cd:sleep_interval(); cd:keeper_healthy('keeper0')\n"
-    "    cd:keeper_healthy('nope')\n"
+    "    cd:min_sync(); cd:sleep_interval()\n"
     "  end\n"
     "  local ff, e1 = stolon.with_force_fail(text, 'keeper0')\n"
     "  nil_err('with_force_fail', ff, e1)\n"
