@@ -1,5 +1,6 @@
 # stolon-pgbouncer: C core + embedded Lua 5.4 host.
-# Targets: all (default), check, deps, asan, valgrind, fuzz, install, demo, lint, format, clean.
+# Targets: all (default), check, deps, asan, valgrind, fuzz, install, demo, lint, format, clean,
+# fresh-check, bench.
 # Quiet rules; V=1 shows the commands.
 
 PREFIX    ?= /usr/local
@@ -13,10 +14,14 @@ CC        ?= cc
 WARN      := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              -Wno-unused-parameter
 CFLAGS    ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) \
-             $(shell pkg-config --cflags $(PKGS)) \
+# pkg-config is asked when a recipe runs, never while make reads this file: on a
+# fresh machine `make demo` or `make deps check` installs pkg-config and the -dev
+# packages first (deps), and only then compiles. $(BUILD)/pkg-cflags caches the answer.
+PKG_CFLAGS = $(shell cat $(BUILD)/pkg-cflags)
+PKG_LIBS   = $(shell cat $(BUILD)/pkg-libs)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) $(PKG_CFLAGS) \
              -DSPGB_VERSION='"$(VERSION)"' -DSPGB_DATADIR='"$(DATADIR)"' -MMD -MP
-LDLIBS    := $(shell pkg-config --libs $(PKGS)) -lm
+LDLIBS     = $(PKG_LIBS) -lm
 ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
 ifeq ($(V),1)
@@ -35,9 +40,25 @@ BIN       := stolon-pgbouncer
 # objects out of an archive: link the whole library.
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
-.PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick
+.PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick \
+        fresh-check
 
 all: $(BIN)
+
+# `deps` named on the command line (or `demo`, which runs it) finishes before anything
+# that needs the packages starts, even under -j.
+ifneq ($(filter deps demo,$(MAKECMDGOALS)),)
+AFTER_DEPS := deps
+endif
+
+$(BUILD)/pkg-cflags: | $(AFTER_DEPS)
+	@mkdir -p $(@D)
+	$(Q)pkg-config --exists --print-errors $(PKGS) || \
+	  { echo "build packages missing: run 'make deps' first" >&2; exit 1; }
+	$(Q)pkg-config --libs $(PKGS) > $(BUILD)/pkg-libs
+	$(Q)pkg-config --cflags $(PKGS) > $@.tmp && mv $@.tmp $@
+
+$(OBJ) $(MAINOBJ) $(CTESTBINS): | $(BUILD)/pkg-cflags
 
 $(BUILD)/%.o: src/%.c
 	@mkdir -p $(@D)
@@ -61,7 +82,12 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libspgb.a
 # SPGB_LUA_DIR; an installed binary uses $(DATADIR) compiled in.
 export SPGB_LUA_DIR := $(CURDIR)
 
-check: all lint check-c check-lua
+# One suite after another (lint first: it fails fast), whatever -j says; each suite
+# parallelises inside itself where it can.
+check: all
+	$(Q)$(MAKE) --no-print-directory lint
+	$(Q)$(MAKE) --no-print-directory check-c
+	$(Q)$(MAKE) --no-print-directory check-lua
 
 check-c: $(CTESTBINS)
 	$(Q)set -e; for t in $(CTESTBINS); do echo "== $$t"; $(VALGRIND) $$t; done
@@ -69,11 +95,11 @@ check-c: $(CTESTBINS)
 # Every spec file under tests/lua runs inside our own host, so specs use the real primitives.
 BUSTED_ARGS ?=
 LUA_SPECS ?= tests/lua
-check-lua: all
+check-lua: all | $(AFTER_DEPS)
 	$(Q)./$(BIN) run "$$(command -v busted)" --helper=tests/lua/support/init.lua \
 	  -o utfTerminal $(BUSTED_ARGS) $(LUA_SPECS)
 
-lint:
+lint: | $(AFTER_DEPS)
 	$(Q)luacheck -q lua policies tests/lua bench examples scripts
 
 deps:
@@ -106,6 +132,11 @@ fuzz:
 
 fuzz-smoke:
 	$(Q)./scripts/fuzz.sh 10
+
+# The README's first-screen commands, each on a new minimal Debian 12 root (chroot;
+# needs root or sudo, mmdebstrap, network for apt). Slow: CI runs it last.
+fresh-check:
+	$(Q)./scripts/fresh-check.sh
 
 # Benchmarks (bench/): the table and bench/results/all.json. Not a test.
 bench: all
