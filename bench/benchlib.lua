@@ -138,14 +138,8 @@ end
 -- ours(args, {as_postgres=, env=, stderr=}) -> proc of `stolon-pgbouncer args...`
 function M.ours(args, o)
   o = o or {}
-  local argv = { M.bin }
-  for _, a in ipairs(args) do argv[#argv + 1] = a end
-  if o.as_postgres and M.is_root() then argv.user = "postgres" end
-  argv.env = o.env
-  argv.stdin = "null"
-  argv.stdout = o.stdout or "null"
-  argv.stderr = o.stderr or "null"
-  return assert(proc.spawn(argv))
+  return assert(proc.spawn(require("support.daemon").argv(args, {
+    as_postgres = o.as_postgres, env = o.env, stdout = o.stdout or "null", stderr = o.stderr or "null" })))
 end
 
 -- stop(p [, seconds=10]): TERM, then KILL after seconds (support.pg's)

@@ -23,6 +23,7 @@ local pg = require "pg"
 local pgnode = require "playground.pgnode"
 local proc = require "proc"
 local sentinel = require "playground.sentinel"
+local stage = require "playground.stage"
 local task = require "task"
 
 local M = {}
@@ -95,14 +96,17 @@ local Cluster = {}
 Cluster.__index = Cluster
 
 -- Spawn one of our commands as a daemon, logging to a file in its folder.
+-- As root they run as the postgres user, from a copy of the binary it can read.
 function Cluster:daemon(name, args, dir)
-  local argv = { binary() }
+  local bin, env = stage.ours()
+  local argv = { bin }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   argv.user = self.root and "postgres" or nil
   argv.stdin = "null"
   argv.stdout = "null"
   argv.stderr = "file:" .. dir .. "/" .. name .. ".log"
-  argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = self.base .. "/token" }
+  env.STBOUNCER_FAILOVER_TOKEN_FILE = self.base .. "/token"
+  argv.env = env
   argv.cwd = dir
   local p, err = proc.spawn(argv)
   if not p then return nil, ("%s: %s"):format(name, err) end

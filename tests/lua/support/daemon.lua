@@ -7,6 +7,7 @@
 --   d:stop()            -- TERM, then KILL after 10 s; returns exit code, stderr
 --   D.run({"failover", ...}, {timeout = 60}) -> code, stdout, stderr
 local P = require "support.pg"
+local stage = require "playground.stage"
 local proc = require "proc"
 local task = require "task"
 
@@ -18,16 +19,25 @@ M.eventually = P.eventually
 local Daemon = {}
 Daemon.__index = Daemon
 
+-- argv(args, {as_postgres=, env=, stdout=, stderr=}) -> a proc.spawn table for
+-- `stolon-pgbouncer args...`. As the postgres user (when root) it runs a copy of the
+-- binary that user can read (playground.stage), from a folder it can enter.
 local function argv_of(args, o)
   local argv = { M.bin }
+  if o.as_postgres and P.is_root() then
+    local bin, env = stage.ours()
+    argv[1], argv.user, argv.cwd = bin, "postgres", stage.dir()
+    for k, v in pairs(o.env or {}) do env[k] = v end
+    o = setmetatable({ env = env }, { __index = o })
+  end
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  if o.as_postgres and P.is_root() then argv.user = "postgres" end
   argv.env = o.env
   argv.stdout = o.stdout or "capture"
   argv.stderr = o.stderr or "capture"
   argv.stdin = "null"
   return argv
 end
+M.argv = argv_of
 
 -- start(args, {as_postgres=, env=}) -> daemon
 function M.start(args, o)
