@@ -113,6 +113,37 @@ function M.read_clusterdata(client, key)
   return cd, kv, res.revision
 end
 
+-- Where Debian and other systems put server programs, which an ordinary user's PATH
+-- often lacks (Debian installs PgBouncer as /usr/sbin/pgbouncer).
+M.sbin_dirs = { "/usr/local/sbin", "/usr/sbin", "/sbin" }
+
+-- find_program(name [, path [, fallbacks]]) -> absolute path | nil, err
+-- name with a '/' is taken as it is (it must exist); otherwise the first folder of
+-- path (default $PATH) that holds it, then of fallbacks (default M.sbin_dirs). err
+-- names every folder looked in. Any context; does not yield.
+function M.find_program(name, path, fallbacks)
+  if name:find("/", 1, true) then
+    if fs.exists(name) then return name end
+    return nil, ("%s: no such file"):format(name)
+  end
+  local looked = {}
+  local function try(dir)
+    if dir == "" then dir = "." end
+    looked[#looked + 1] = dir
+    local candidate = dir .. "/" .. name
+    if fs.exists(candidate) then return candidate end
+  end
+  for dir in ((path or os.getenv("PATH") or "") .. ":"):gmatch("([^:]*):") do
+    local found = try(dir)
+    if found then return found end
+  end
+  for _, dir in ipairs(fallbacks or M.sbin_dirs) do
+    local found = try(dir)
+    if found then return found end
+  end
+  return nil, ("%s not found (looked in %s)"):format(name, table.concat(looked, ":"))
+end
+
 -- pgbouncer_admin(opts) -> admin connection (connects lazily, reconnects when dropped)
 function M.pgbouncer_admin(opts, timeout)
   local conf = {

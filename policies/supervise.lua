@@ -37,6 +37,19 @@ common.setup_logging(opts)
 local m = common.metrics()
 local L = log.with { component = "supervise" }
 
+-- Resolve PgBouncer once, before anything else: not in PATH is common for ordinary
+-- users (Debian puts it in /usr/sbin), and retrying a missing program every second
+-- helps nobody.
+if opts.child_process then
+  local path, perr = common.find_program(opts.pgbouncer_binary)
+  if not path then
+    L.error { event = "pgbouncer_not_found", error = perr,
+      msg = "install pgbouncer or give its path with --pgbouncer-binary" }
+    return 1
+  end
+  opts.pgbouncer_binary = path
+end
+
 m.cluster_identifier:set(1, { cluster_name = opts.cluster_name })
 m.store_poll_interval:set(opts.poll_interval)
 -- Alert before the store client certificate expires (stolon-pgbouncer#128).

@@ -27,6 +27,14 @@ describe("command line", function()
     assert.matches("failover", out)
   end)
 
+  it("supervise stops at start-up when PgBouncer cannot be found, saying where it looked", function()
+    local code, _, err = run({ "supervise", "--pgbouncer-binary", "no-such-pgbouncer", "--metrics-port", "0" },
+      { env = { PATH = "/nonexistent" }, timeout = 20 })
+    assert.equals(1, code)
+    assert.matches("event=pgbouncer_not_found", err, 1, true)
+    assert.matches("looked in /nonexistent:/usr/local/sbin:/usr/sbin:/sbin", err, 1, true)
+  end)
+
   it("exits 2 with usage on an unknown command", function()
     local code, _, err = run { "frobnicate" }
     assert.equals(2, code)

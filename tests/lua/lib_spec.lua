@@ -104,3 +104,21 @@ describe("common.certificate_expiry", function()
     proc.run { "rm", "-rf", dir }
   end)
 end)
+
+describe("common.find_program", function()
+  local common = require "common"
+  it("finds PgBouncer where Debian puts it when PATH lacks /usr/sbin", function()
+    assert.equals("/usr/sbin/pgbouncer", common.find_program("pgbouncer", "/usr/bin:/bin"))
+  end)
+
+  it("prefers PATH, keeps a path as given, and names every folder it looked in", function()
+    assert.equals("/bin/sh", common.find_program("sh", "/nonexistent:/bin"))
+    assert.equals("/usr/sbin/pgbouncer", common.find_program("/usr/sbin/pgbouncer", ""))
+    local none, err = common.find_program("no-such-program", "/nonexistent:/usr/bin", { "/opt/x" })
+    assert.is_nil(none)
+    assert.equals("no-such-program not found (looked in /nonexistent:/usr/bin:/opt/x)", err)
+    none, err = common.find_program("/opt/none/pgbouncer")
+    assert.is_nil(none)
+    assert.matches("/opt/none/pgbouncer: no such file", err, 1, true)
+  end)
+end)
