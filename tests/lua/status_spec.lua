@@ -82,6 +82,42 @@ describe("status", function()
     end
   end)
 
+  it("prints the same report as JSON with --format json (the documented fields)", function()
+    local cjson = require "cjson"
+    local code, out, err = status { "--format", "json" }
+    assert.equals(0, code, err)
+    local r = cjson.decode(out)
+    assert.equals(CLUSTER, r.cluster)
+    assert.equals("keeper0", r.master.keeper)
+    assert.equals(KEEPER_HOSTS[1], r.master.host)
+    assert.equals("number", type(r.master.port))
+    assert.equals("string", type(r.master.db_uid))
+    assert.is_true(r.can_lose_one_node)
+    assert.equals(cjson.null, r.health_detail)
+    assert.equals(3, #r.pausers)
+    for i, keeper in ipairs { "keeper0", "keeper1", "keeper2" } do
+      local p = r.pausers[i]
+      assert.equals(keeper, p.name)
+      assert.equals(("%s:%d"):format(KEEPER_HOSTS[i], pauser_port), p.endpoint)
+      assert.equals("healthy", p.status)
+      assert.equals(cjson.null, p.error)
+      assert.is_true(#p.databases > 0)
+      assert.equals("string", type(p.databases[1].name))
+    end
+    local bad = D.write_file(dir .. "/bad-token", "nope\n", "0600")
+    code, out = status { "--format", "json", "--token-file", bad }
+    assert.equals(1, code)
+    r = cjson.decode(out)
+    for _, p in ipairs(r.pausers) do
+      assert.equals("unhealthy", p.status)
+      assert.equals("string", type(p.error))
+      assert.equals(cjson.null, p.databases)
+    end
+    local ecode, _, eerr = status { "--format", "yaml" }
+    assert.equals(2, ecode)
+    assert.matches("--format \"yaml\": want table or json", eerr, 1, true)
+  end)
+
   it("shows every pauser UNHEALTHY and exits 1 with a wrong token", function()
     local bad = D.write_file(dir .. "/bad-token", "nope\n", "0600")
     local code, out = status { "--token-file", bad }
