@@ -1522,7 +1522,8 @@ static bool number_as_int(lua_State *L, int idx, lua_Integer *v)
     return false;
 }
 
-/* Compare a and b (Go eq/lt semantics). *res is <0, 0, >0; ordered requests lt/le/gt/ge. */
+/* Compare a and b (Go eq/lt semantics; integers and floats compare by value). *res is
+ * exactly -1, 0 or 1, or 2 when unordered (NaN); ordered requests lt/le/gt/ge. */
 static int compare(rctx *r, const char *fname, int a, int b, bool ordered, int *res)
 {
     lua_State *L = r->L;
@@ -1545,7 +1546,8 @@ static int compare(rctx *r, const char *fname, int a, int b, bool ordered, int *
         size_t na, nb;
         const char *sa = lua_tolstring(L, a, &na), *sb = lua_tolstring(L, b, &nb);
         int c = memcmp(sa, sb, na < nb ? na : nb);
-        *res = c ? c : na < nb ? -1 : na > nb;
+        /* memcmp promises only a sign; callers test for exactly -1 and 1 */
+        *res = c < 0 ? -1 : c > 0 ? 1 : na < nb ? -1 : na > nb;
         return 0;
     }
     case LUA_TBOOLEAN:
