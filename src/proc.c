@@ -407,7 +407,8 @@ static int l_spawn(lua_State *L)
 
 /* p:wait([timeout]) -> exit code | nil, signal name | nil, "proc.wait: timeout",
  * "timeout". Task only; yields until the child exits and its captured output is
- * read. One task may wait on p at a time. */
+ * read. One task may wait on p at a time. A timeout or cancel abandons the wait
+ * only: the child is the caller's to stop (proc.run does; supervise drains first). */
 static int l_wait(lua_State *L)
 {
     proc *p = check_proc(L);
@@ -501,23 +502,41 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
-/* proc.run{argv..., timeout=, ...spawn options} -> code, stdout, stderr | nil, err.
- * Task only; yields. stdout/stderr default to "capture". On timeout the child is
- * killed (KILL) and nil, "proc.run: timeout", "timeout" is returned. A child killed
- * by a signal returns nil, "killed by <SIG>", stdout, stderr. */
+/* proc.run{argv..., timeout=, stop_timeout=, ...spawn options} -> code, stdout, stderr
+ * | nil, err. Task only; yields. stdout/stderr default to "capture". On timeout the
+ * child is killed (KILL) and nil, "proc.run: X: timeout", "timeout" is returned. A
+ * child killed by a signal returns nil, "killed by <SIG>", stdout, stderr. The child
+ * never outlives the call: when the wait raises (the task is cancelled), the child
+ * gets TERM, then KILL after stop_timeout seconds (default 3), and is reaped before
+ * the error goes on (a cancelled task is not cancelled again, so nothing cuts that
+ * short). */
 static const char proc_lua[] =
     "local M = ...\n"
+    "local STOP_TIMEOUT = 3\n"
+    "-- TERM, then KILL after grace seconds; returns once p is reaped (or given up).\n"
+    "local function stop(p, grace)\n"
+    "  p:signal('TERM')\n"
+    "  local _, _, code = p:wait(grace)\n"
+    "  if code ~= 'timeout' then return end\n"
+    "  p:signal('KILL')\n"
+    "  p:wait(grace)\n"
+    "end\n"
     "function M.run(opts)\n"
     "  local o = {}\n"
     "  for k, v in pairs(opts) do o[k] = v end\n"
     "  o.stdout = o.stdout or 'capture'\n"
     "  o.stderr = o.stderr or 'capture'\n"
     "  o.stdin = o.stdin or 'null'\n"
+    "  local grace = opts.stop_timeout or STOP_TIMEOUT\n"
     "  local p, err, code = M.spawn(o)\n"
     "  if not p then return nil, err, code end\n"
-    "  local st, sig = p:wait(opts.timeout)\n"
-    "  if st == nil and sig and sig:match('timeout') then\n"
-    "    p:signal('KILL'); p:wait()\n"
+    "  local ok, st, sig, wcode = pcall(p.wait, p, opts.timeout)\n"
+    "  if not ok then\n"
+    "    stop(p, grace)\n"
+    "    error(st, 0)\n"
+    "  end\n"
+    "  if st == nil and wcode == 'timeout' then\n"
+    "    p:signal('KILL'); p:wait(grace)\n"
     "    return nil, 'proc.run: ' .. tostring(opts[1]) .. ': timeout', 'timeout'\n"
     "  end\n"
     "  local out, errout = p:output()\n"

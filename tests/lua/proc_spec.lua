@@ -57,3 +57,72 @@ describe("proc and SIGPIPE", function()
     assert.equals(0, ignored(status))
   end)
 end)
+
+describe("proc.run when its task is cancelled", function()
+  local task = require "task"
+  local dir, pidfile, pid
+
+  -- The child's pid once it has written it to pidfile.
+  local function child_pid()
+    for _ = 1, 500 do
+      local s = fs.read(pidfile)
+      if s and s:match("^%d+\n") then return s:match("%d+") end
+      task.sleep(0.01)
+    end
+    error("the child never wrote " .. pidfile)
+  end
+
+  -- kill -0 succeeds on a zombie too: false means exited and reaped.
+  local function exists(p)
+    return proc.run { "sh", "-c", 'kill -0 "$1" 2>/dev/null', "sh", p, timeout = 10 } == 0
+  end
+
+  before_each(function()
+    dir = assert(fs.tmpdir("proc_spec"))
+    pidfile = dir .. "/pid"
+    pid = nil
+  end)
+
+  after_each(function()
+    if pid and exists(pid) then proc.run { "kill", "-KILL", pid, timeout = 10 } end
+    fs.remove(pidfile)
+    assert(fs.remove(dir))
+  end)
+
+  it("stops its child with TERM and reaps it before raising cancelled", function()
+    local h = task.spawn(function()
+      return proc.run { "sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh", pidfile }
+    end)
+    pid = child_pid()
+    local t0 = task.now()
+    h:cancel()
+    assert.same({ false, "cancelled" }, { h:wait(10) })
+    assert.is_false(exists(pid), "child " .. pid .. " outlived the cancelled proc.run")
+    assert.is_true(task.now() - t0 < 2, "TERM was enough")
+  end)
+
+  it("KILLs a child that ignores TERM once stop_timeout has passed", function()
+    local h = task.spawn(function()
+      return proc.run { "sh", "-c", [[trap '' TERM; echo $$ > "$1"; exec sleep 30]], "sh", pidfile,
+        stop_timeout = 0.5 }
+    end)
+    pid = child_pid()
+    local t0 = task.now()
+    h:cancel()
+    assert.same({ false, "cancelled" }, { h:wait(10) })
+    local took = task.now() - t0
+    assert.is_false(exists(pid), "child " .. pid .. " outlived the cancelled proc.run")
+    assert.is_true(took >= 0.5 and took < 3, "KILL after stop_timeout: " .. took)
+  end)
+
+  it("p:wait cancelled abandons only the wait: the caller owns the child", function()
+    local p = assert(proc.spawn { "sleep", "30" })
+    local h = task.spawn(function() return p:wait() end)
+    task.sleep(0.05)
+    h:cancel()
+    assert.same({ false, "cancelled" }, { h:wait(10) })
+    assert.is_true(p:running())
+    assert(p:signal("KILL"))
+    assert.same({ nil, "KILL" }, { p:wait(10) })
+  end)
+end)
