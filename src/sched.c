@@ -202,6 +202,12 @@ int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lu
         lua_pushliteral(L, "cancelled");
         return lua_error(L);
     }
+    if (!lua_isyieldable(L)) {
+        /* lua_yieldk would raise with the op registered and its timer running. */
+        abandon_op(L, op);
+        return luaL_error(
+            L, "%s cannot yield here (inside a metamethod or a C function's callback)", name);
+    }
     if (timeout > 0 && op->state != OP_DONE) {
         if (!t->timer) {
             t->timer = malloc(sizeof *t->timer);
