@@ -203,7 +203,8 @@ static const char *opt_string(lua_State *L, int t, const char *k, const char *de
  * env: table of extra NAME=value (merged with ours unless clear_env). user: run as
  * that user (only when we are root). stdin: "inherit" (default), "null", or a
  * string written to the child. stdout/stderr: "inherit" (default), "null",
- * "capture" (read with p:output()) or "file:PATH" (appended to PATH). Returns nil, err when the
+ * "capture" (read with p:output()) or "file:PATH" (appended to PATH, created 0600
+ * and owned by us, the child writing through our descriptor). Returns nil, err when the
  * program cannot be started (for example not found). */
 static int l_spawn(lua_State *L)
 {
@@ -276,8 +277,9 @@ static int l_spawn(lua_State *L)
     int files[3] = {-1, -1, -1};
     for (int i = 0; i < 3; i++) {
         if (i > 0 && strncmp(modes[i], "file:", 5) == 0) {
-            /* Append to a file (daemon logs); the child gets its own copy of the fd. */
-            files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            /* Append to a file (daemon logs); the child gets its own copy of the fd.
+             * A new one is 0600 (umask applies): logs can carry connection details. */
+            files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
             if (files[i] < 0) {
                 int e = errno;
                 for (int j = 0; j < i; j++) {

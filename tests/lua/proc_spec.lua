@@ -18,6 +18,20 @@ local function run_script(src, opts)
   return code, out, err
 end
 
+describe("proc.spawn", function()
+  it("creates a file: log 0600 and appends to an existing one", function()
+    local dir = assert(fs.tmpdir("proc_spec"))
+    local log = dir .. "/daemon.log"
+    assert.equals(0, proc.run { "sh", "-c", "echo one", stdout = "file:" .. log, timeout = 10 })
+    assert.equals(0, proc.run { "sh", "-c", "echo two", stdout = "file:" .. log, timeout = 10 })
+    assert.equals("one\ntwo\n", fs.read(log))
+    local _, mode = proc.run { "stat", "-c", "%a", log, timeout = 10 }
+    assert.equals("600\n", mode)
+    fs.remove(log)
+    fs.remove(dir)
+  end)
+end)
+
 describe("proc and SIGPIPE", function()
   it("a child that exits without reading its stdin does not kill the host", function()
     local code, out, err = run_script([[
