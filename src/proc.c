@@ -79,6 +79,23 @@ static void handle_closed(uv_handle_t *h)
     unref(h->data);
 }
 
+/* Undo a spawn that failed before uv_spawn: close the files opened for the child and
+ * the pipes made so far. The pipes live inside p, so p is freed by the last pipe's
+ * close callback (at once when there is none), never before. */
+static void discard(proc *p, const int files[3])
+{
+    p->refs = 1;
+    for (int j = 0; j < 3; j++) {
+        if (files[j] >= 0)
+            close(files[j]);
+        if (p->piped[j]) {
+            p->refs++;
+            uv_close((uv_handle_t *)&p->pipes[j], handle_closed);
+        }
+    }
+    unref(p);
+}
+
 static void on_exit_cb(uv_process_t *h, int64_t status, int termsig)
 {
     proc *p = h->data;
@@ -282,14 +299,7 @@ static int l_spawn(lua_State *L)
             files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
             if (files[i] < 0) {
                 int e = errno;
-                for (int j = 0; j < i; j++) {
-                    if (p->piped[j])
-                        uv_close((uv_handle_t *)&p->pipes[j], NULL);
-                    if (files[j] >= 0)
-                        close(files[j]);
-                }
-                free(p->input);
-                free(p);
+                discard(p, files);
                 lua_pushnil(L);
                 lua_pushfstring(L, "proc.spawn: %s: %s", modes[i] + 5, strerror(e));
                 return 2;
@@ -308,7 +318,7 @@ static int l_spawn(lua_State *L)
                 const char *s = lua_tolstring(L, -1, &len);
                 p->input = malloc(len ? len : 1);
                 if (!p->input) {
-                    free(p);
+                    discard(p, files);
                     return luaL_error(L, "proc.spawn: out of memory");
                 }
                 memcpy(p->input, s, len);
@@ -317,11 +327,7 @@ static int l_spawn(lua_State *L)
             }
             int rc = uv_pipe_init(spgb_loop(), &p->pipes[i], 0);
             if (rc != 0) {
-                for (int j = 0; j < i; j++)
-                    if (p->piped[j])
-                        uv_close((uv_handle_t *)&p->pipes[j], NULL);
-                free(p->input);
-                free(p);
+                discard(p, files);
                 return luaL_error(L, "proc.spawn: %s", uv_strerror(rc));
             }
             p->pipes[i].data = p;
@@ -329,11 +335,7 @@ static int l_spawn(lua_State *L)
             stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
             stdio[i].data.stream = (uv_stream_t *)&p->pipes[i];
         } else {
-            for (int j = 0; j < i; j++)
-                if (p->piped[j])
-                    uv_close((uv_handle_t *)&p->pipes[j], NULL);
-            free(p->input);
-            free(p);
+            discard(p, files);
             return luaL_error(L, "proc.spawn: bad %s mode '%s'", i == 1 ? "stdout" : "stderr",
                               modes[i]);
         }
@@ -350,11 +352,7 @@ static int l_spawn(lua_State *L)
     if (user && geteuid() == 0) {
         struct passwd *pw = getpwnam(user);
         if (!pw) {
-            for (int j = 0; j < 3; j++)
-                if (p->piped[j])
-                    uv_close((uv_handle_t *)&p->pipes[j], NULL);
-            free(p->input);
-            free(p);
+            discard(p, files);
             lua_pushnil(L);
             lua_pushfstring(L, "proc.spawn: no user %s", user);
             return 2;

@@ -32,6 +32,25 @@ describe("proc.spawn", function()
   end)
 end)
 
+describe("proc.spawn that fails after making pipes", function()
+  -- The pipes are libuv handles inside the proc: freeing it before their close
+  -- callbacks ran was a use after free (seen under make asan) and leaked the fds.
+  it("returns the error and the loop goes on", function()
+    local task = require "task"
+    for _ = 1, 3 do
+      local p, err = proc.spawn { "true", stdin = "x", stdout = "capture", stderr = "file:/nonexistent/d/log" }
+      assert.is_nil(p)
+      assert.equals("proc.spawn: /nonexistent/d/log: No such file or directory", err)
+      assert.has_error(function() proc.spawn { "true", stdin = "x", stdout = "capture", stderr = "bogus" } end,
+        "proc.spawn: bad stderr mode 'bogus'")
+      p, err = proc.spawn { "true", stdin = "x", stdout = "capture", user = "no-such-user-spgb" }
+      if p then assert.equals(0, p:wait(10)) else assert.matches("no user no%-such%-user%-spgb", err) end
+      task.sleep(0.01)
+    end
+    assert.equals(0, proc.run { "true", stdin = "x", timeout = 10 })
+  end)
+end)
+
 describe("proc and SIGPIPE", function()
   it("a child that exits without reading its stdin does not kill the host", function()
     local code, out, err = run_script([[
