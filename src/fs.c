@@ -94,23 +94,23 @@ int spgb_fs_write_atomic(const char *path, const char *data, size_t len, int mod
     if (!data && len)
         return fail(err, errlen, path, EINVAL, "data");
 
+    /* Existence, mode and owner come from stat: a file we may not read still exists
+     * and keeps both. Its content can only be compared when we may read it. */
     struct stat st;
-    bool exists = false;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    bool exists = stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    int fd = exists ? open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) : -1;
     if (fd >= 0) {
-        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-            exists = true;
-            if (same_content(fd, &st, data, len)) {
-                int rc = 0;
-                if (mode >= 0 && (st.st_mode & 07777) != (mode_t)mode && fchmod(fd, (mode_t)mode))
-                    rc = fail(err, errlen, path, errno, "fchmod");
-                close(fd);
-                return rc;
-            }
+        struct stat fst;
+        if (fstat(fd, &fst) == 0 && same_content(fd, &fst, data, len)) {
+            int rc = 0;
+            if (mode >= 0 && (fst.st_mode & 07777) != (mode_t)mode && fchmod(fd, (mode_t)mode))
+                rc = fail(err, errlen, path, errno, "fchmod");
+            close(fd);
+            return rc;
         }
         close(fd);
     }
-    mode_t m = mode >= 0 ? (mode_t)mode : exists ? (st.st_mode & 07777) : 0644;
+    mode_t m = mode >= 0 ? (mode_t)mode : exists ? (st.st_mode & 07777) : 0600;
 
     const char *slash = strrchr(path, '/');
     const char *base = slash ? slash + 1 : path;
@@ -143,9 +143,12 @@ int spgb_fs_write_atomic(const char *path, const char *data, size_t len, int mod
         e = errno;
         goto out;
     }
-    if (exists && (fchown(fd, st.st_uid, st.st_gid) != 0)) {
-        /* keeping the owner is best effort: only root may give a file away */
-    }
+    /* Before fchmod, which chown would strip of set-id bits. Root must keep the owner
+     * (PgBouncer, running as its own user, reads the file); anyone else may only give
+     * a file to itself or to one of its groups, so there it is best effort. */
+    step = "fchown";
+    if (exists && fchown(fd, st.st_uid, st.st_gid) != 0 && geteuid() == 0)
+        goto fail_tmp;
     step = "fchmod";
     if (fchmod(fd, m) != 0)
         goto fail_tmp;
@@ -282,8 +285,9 @@ static int push_fail(lua_State *L, const char *err)
 /*
  * fs.write_atomic(path, text [, mode]) -> changed | nil, err
  * Anywhere; does not yield (blocking I/O, small files). mode: integer or octal string;
- * default keeps the existing mode (0644 for a new file). changed is false when the
- * file already held text. err: "path: <strerror> (<step>)".
+ * default keeps the existing mode (0600 for a new file, whatever the umask); an
+ * existing file keeps its owner. changed is false when the file already held text.
+ * err: "path: <strerror> (<step>)".
  */
 static int l_write_atomic(lua_State *L)
 {

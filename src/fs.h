@@ -19,8 +19,10 @@
 /*
  * Atomically replace path with data (len bytes).
  * mode >= 0: the file gets exactly that mode (0..07777); mode < 0: keep the existing
- * file's mode, or 0644 for a new file. An existing file's owner and group are kept
- * when the process may do so.
+ * file's mode, or 0600 for a new file (configs hold passwords); the umask never
+ * applies. An existing file (seen with stat, so also one we may not read) keeps its
+ * owner and group: as root a failure to keep them is an error (step "fchown"),
+ * otherwise it is best effort.
  * If path already holds exactly data, the file is not rewritten (its inode and mtime
  * stay), only its mode is corrected if mode >= 0 differs, and *changed is false.
  * Otherwise, on success *changed is true. changed may be NULL.

@@ -4,6 +4,7 @@
  * --policy FILE).
  */
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,19 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "run") == 0 && i >= argc) {
         fprintf(stderr, "stolon-pgbouncer: run needs a script: run FILE [ARGS...]\n");
         return 2;
+    }
+
+    /* A write to a pipe or socket whose reader is gone (a child that exits without
+     * reading its stdin, a closed stderr, a peer that hung up) fails with EPIPE where
+     * it is made instead of killing us. Children still start with the default: libuv
+     * resets every signal's disposition in the child before exec. */
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    if (sigaction(SIGPIPE, &ign, NULL) != 0) {
+        perror("stolon-pgbouncer: sigaction(SIGPIPE)");
+        return 1;
     }
 
     lua_State *L = spgb_host_new();

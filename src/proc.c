@@ -79,6 +79,23 @@ static void handle_closed(uv_handle_t *h)
     unref(h->data);
 }
 
+/* Undo a spawn that failed before uv_spawn: close the files opened for the child and
+ * the pipes made so far. The pipes live inside p, so p is freed by the last pipe's
+ * close callback (at once when there is none), never before. */
+static void discard(proc *p, const int files[3])
+{
+    p->refs = 1;
+    for (int j = 0; j < 3; j++) {
+        if (files[j] >= 0)
+            close(files[j]);
+        if (p->piped[j]) {
+            p->refs++;
+            uv_close((uv_handle_t *)&p->pipes[j], handle_closed);
+        }
+    }
+    unref(p);
+}
+
 static void on_exit_cb(uv_process_t *h, int64_t status, int termsig)
 {
     proc *p = h->data;
@@ -203,7 +220,8 @@ static const char *opt_string(lua_State *L, int t, const char *k, const char *de
  * env: table of extra NAME=value (merged with ours unless clear_env). user: run as
  * that user (only when we are root). stdin: "inherit" (default), "null", or a
  * string written to the child. stdout/stderr: "inherit" (default), "null",
- * "capture" (read with p:output()) or "file:PATH" (appended to PATH). Returns nil, err when the
+ * "capture" (read with p:output()) or "file:PATH" (appended to PATH, created 0600
+ * and owned by us, the child writing through our descriptor). Returns nil, err when the
  * program cannot be started (for example not found). */
 static int l_spawn(lua_State *L)
 {
@@ -276,18 +294,12 @@ static int l_spawn(lua_State *L)
     int files[3] = {-1, -1, -1};
     for (int i = 0; i < 3; i++) {
         if (i > 0 && strncmp(modes[i], "file:", 5) == 0) {
-            /* Append to a file (daemon logs); the child gets its own copy of the fd. */
-            files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            /* Append to a file (daemon logs); the child gets its own copy of the fd.
+             * A new one is 0600 (umask applies): logs can carry connection details. */
+            files[i] = open(modes[i] + 5, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
             if (files[i] < 0) {
                 int e = errno;
-                for (int j = 0; j < i; j++) {
-                    if (p->piped[j])
-                        uv_close((uv_handle_t *)&p->pipes[j], NULL);
-                    if (files[j] >= 0)
-                        close(files[j]);
-                }
-                free(p->input);
-                free(p);
+                discard(p, files);
                 lua_pushnil(L);
                 lua_pushfstring(L, "proc.spawn: %s: %s", modes[i] + 5, strerror(e));
                 return 2;
@@ -306,7 +318,7 @@ static int l_spawn(lua_State *L)
                 const char *s = lua_tolstring(L, -1, &len);
                 p->input = malloc(len ? len : 1);
                 if (!p->input) {
-                    free(p);
+                    discard(p, files);
                     return luaL_error(L, "proc.spawn: out of memory");
                 }
                 memcpy(p->input, s, len);
@@ -315,11 +327,7 @@ static int l_spawn(lua_State *L)
             }
             int rc = uv_pipe_init(spgb_loop(), &p->pipes[i], 0);
             if (rc != 0) {
-                for (int j = 0; j < i; j++)
-                    if (p->piped[j])
-                        uv_close((uv_handle_t *)&p->pipes[j], NULL);
-                free(p->input);
-                free(p);
+                discard(p, files);
                 return luaL_error(L, "proc.spawn: %s", uv_strerror(rc));
             }
             p->pipes[i].data = p;
@@ -327,11 +335,7 @@ static int l_spawn(lua_State *L)
             stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
             stdio[i].data.stream = (uv_stream_t *)&p->pipes[i];
         } else {
-            for (int j = 0; j < i; j++)
-                if (p->piped[j])
-                    uv_close((uv_handle_t *)&p->pipes[j], NULL);
-            free(p->input);
-            free(p);
+            discard(p, files);
             return luaL_error(L, "proc.spawn: bad %s mode '%s'", i == 1 ? "stdout" : "stderr",
                               modes[i]);
         }
@@ -348,11 +352,7 @@ static int l_spawn(lua_State *L)
     if (user && geteuid() == 0) {
         struct passwd *pw = getpwnam(user);
         if (!pw) {
-            for (int j = 0; j < 3; j++)
-                if (p->piped[j])
-                    uv_close((uv_handle_t *)&p->pipes[j], NULL);
-            free(p->input);
-            free(p);
+            discard(p, files);
             lua_pushnil(L);
             lua_pushfstring(L, "proc.spawn: no user %s", user);
             return 2;
@@ -407,7 +407,8 @@ static int l_spawn(lua_State *L)
 
 /* p:wait([timeout]) -> exit code | nil, signal name | nil, "proc.wait: timeout",
  * "timeout". Task only; yields until the child exits and its captured output is
- * read. One task may wait on p at a time. */
+ * read. One task may wait on p at a time. A timeout or cancel abandons the wait
+ * only: the child is the caller's to stop (proc.run does; supervise drains first). */
 static int l_wait(lua_State *L)
 {
     proc *p = check_proc(L);
@@ -501,23 +502,41 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
-/* proc.run{argv..., timeout=, ...spawn options} -> code, stdout, stderr | nil, err.
- * Task only; yields. stdout/stderr default to "capture". On timeout the child is
- * killed (KILL) and nil, "proc.run: timeout", "timeout" is returned. A child killed
- * by a signal returns nil, "killed by <SIG>", stdout, stderr. */
+/* proc.run{argv..., timeout=, stop_timeout=, ...spawn options} -> code, stdout, stderr
+ * | nil, err. Task only; yields. stdout/stderr default to "capture". On timeout the
+ * child is killed (KILL) and nil, "proc.run: X: timeout", "timeout" is returned. A
+ * child killed by a signal returns nil, "killed by <SIG>", stdout, stderr. The child
+ * never outlives the call: when the wait raises (the task is cancelled), the child
+ * gets TERM, then KILL after stop_timeout seconds (default 3), and is reaped before
+ * the error goes on (a cancelled task is not cancelled again, so nothing cuts that
+ * short). */
 static const char proc_lua[] =
     "local M = ...\n"
+    "local STOP_TIMEOUT = 3\n"
+    "-- TERM, then KILL after grace seconds; returns once p is reaped (or given up).\n"
+    "local function stop(p, grace)\n"
+    "  p:signal('TERM')\n"
+    "  local _, _, code = p:wait(grace)\n"
+    "  if code ~= 'timeout' then return end\n"
+    "  p:signal('KILL')\n"
+    "  p:wait(grace)\n"
+    "end\n"
     "function M.run(opts)\n"
     "  local o = {}\n"
     "  for k, v in pairs(opts) do o[k] = v end\n"
     "  o.stdout = o.stdout or 'capture'\n"
     "  o.stderr = o.stderr or 'capture'\n"
     "  o.stdin = o.stdin or 'null'\n"
+    "  local grace = opts.stop_timeout or STOP_TIMEOUT\n"
     "  local p, err, code = M.spawn(o)\n"
     "  if not p then return nil, err, code end\n"
-    "  local st, sig = p:wait(opts.timeout)\n"
-    "  if st == nil and sig and sig:match('timeout') then\n"
-    "    p:signal('KILL'); p:wait()\n"
+    "  local ok, st, sig, wcode = pcall(p.wait, p, opts.timeout)\n"
+    "  if not ok then\n"
+    "    stop(p, grace)\n"
+    "    error(st, 0)\n"
+    "  end\n"
+    "  if st == nil and wcode == 'timeout' then\n"
+    "    p:signal('KILL'); p:wait(grace)\n"
     "    return nil, 'proc.run: ' .. tostring(opts[1]) .. ': timeout', 'timeout'\n"
     "  end\n"
     "  local out, errout = p:output()\n"

@@ -164,24 +164,70 @@ int spgb_op_wait(lua_State *L, spgb_op *op, double timeout)
     return spgb_op_waitk(L, op, timeout, op_k, 0);
 }
 
+/* Give op up without waiting for it: its I/O has started (or even finished), and
+ * the error about to be raised means nobody will. Releases what push or cancel
+ * releases; the op may be freed afterwards and a late completion is ignored. */
+static void abandon_op(lua_State *L, spgb_op *op)
+{
+    bool was_done = op->state == OP_DONE;
+    op->state = OP_CANCELLED; /* before cancel/push, which may free it */
+    if (!was_done && op->cancel) {
+        op->cancel(op);
+    } else if (was_done && op->push) {
+        int n = op->push(L, op);
+        lua_pop(L, n);
+    }
+}
+
 int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lua_KContext ctx)
 {
-    spgb_task *t = spgb_task_current(L, op->name ? op->name : "task.sleep");
-    if (t->op)
-        return luaL_error(L, "task %s is already waiting", t->name);
+    /* Every raise below abandons op first (raising cannot fail then); op may be
+     * freed by that, so its name is copied. */
+    char name[64];
+    snprintf(name, sizeof name, "%s", op->name ? op->name : "task.sleep");
+    spgb_task *t = spgb_task_of(L);
+    if (!t || t->co != L) {
+        abandon_op(L, op);
+        return luaL_error(L, "%s needs a task (called outside a task, e.g. in a plain coroutine)",
+                          name);
+    }
+    if (t->op) {
+        abandon_op(L, op);
+        return luaL_error(L, "%s: task %s is already waiting", name, t->name);
+    }
     if (t->cancel_raise) {
         /* Cancelled while running: do not start waiting, abandon the I/O. */
         t->cancel_raise = false;
-        int was_done = op->state == OP_DONE;
-        op->state = OP_CANCELLED; /* before cancel/push, which may free it */
-        if (!was_done && op->cancel) {
-            op->cancel(op);
-        } else if (was_done && op->push) {
-            int n = op->push(L, op);
-            lua_pop(L, n);
-        }
+        abandon_op(L, op);
         lua_pushliteral(L, "cancelled");
         return lua_error(L);
+    }
+    if (!lua_isyieldable(L)) {
+        /* lua_yieldk would raise with the op registered and its timer running. */
+        abandon_op(L, op);
+        return luaL_error(
+            L, "%s cannot yield here (inside a metamethod or a C function's callback)", name);
+    }
+    if (timeout > 0 && op->state != OP_DONE) {
+        if (!t->timer) {
+            t->timer = malloc(sizeof *t->timer);
+            if (!t->timer || uv_timer_init(S.loop, t->timer) != 0) {
+                free(t->timer);
+                t->timer = NULL;
+                abandon_op(L, op);
+                return luaL_error(L, "%s: out of memory (timer)", name);
+            }
+            t->timer->data = t;
+        }
+        double ms = ceil(timeout * 1000.0);
+        if (ms > 1e12)
+            ms = 1e12;
+        /* Started before the op is registered: timer_fire finds no op if it fails. */
+        int rc = uv_timer_start(t->timer, timer_fire, (uint64_t)ms, 0);
+        if (rc != 0) {
+            abandon_op(L, op);
+            return luaL_error(L, "%s: uv_timer_start: %s", name, uv_strerror(rc));
+        }
     }
     /* An op completed synchronously by the primitive still goes through the queue,
      * so every resume happens from the scheduler. */
@@ -191,26 +237,6 @@ int spgb_op_waitk(lua_State *L, spgb_op *op, double timeout, lua_KFunction k, lu
     t->op = op;
     t->op_name = op->name ? op->name : "operation";
     t->wake = op->state == OP_DONE ? WAKE_DONE : WAKE_NONE;
-    if (timeout > 0 && op->state == OP_PENDING) {
-        if (!t->timer) {
-            t->timer = malloc(sizeof *t->timer);
-            if (!t->timer || uv_timer_init(S.loop, t->timer) != 0) {
-                free(t->timer);
-                t->timer = NULL;
-                t->op = NULL;
-                return luaL_error(L, "out of memory (timer)");
-            }
-            t->timer->data = t;
-        }
-        double ms = ceil(timeout * 1000.0);
-        if (ms > 1e12)
-            ms = 1e12;
-        int rc = uv_timer_start(t->timer, timer_fire, (uint64_t)ms, 0);
-        if (rc != 0) {
-            t->op = NULL;
-            return luaL_error(L, "uv_timer_start: %s", uv_strerror(rc));
-        }
-    }
     t->state = T_WAITING;
     if (op->state == OP_DONE)
         enqueue(t);

@@ -25,7 +25,9 @@
  *      pipeline's defers see it; cleanup code may still do I/O).
  *
  * Ownership: the op's memory belongs to the primitive. It must stay valid until
- * push or cancel has been called (exactly one of them is called, exactly once).
+ * push or cancel has been called (exactly one of them is called, exactly once, also
+ * when spgb_op_wait raises instead of waiting: not a task, not yieldable (inside a
+ * metamethod or a C function's callback), no timer, cancelled).
  * A primitive whose request lives in a userdata keeps that userdata on the task's
  * stack (a pending task is never collected), or owns malloc'd state and frees it in
  * push/cancel (or in a libuv close callback started there).

@@ -1522,7 +1522,8 @@ static bool number_as_int(lua_State *L, int idx, lua_Integer *v)
     return false;
 }
 
-/* Compare a and b (Go eq/lt semantics). *res is <0, 0, >0; ordered requests lt/le/gt/ge. */
+/* Compare a and b (Go eq/lt semantics; integers and floats compare by value). *res is
+ * exactly -1, 0 or 1, or 2 when unordered (NaN); ordered requests lt/le/gt/ge. */
 static int compare(rctx *r, const char *fname, int a, int b, bool ordered, int *res)
 {
     lua_State *L = r->L;
@@ -1545,7 +1546,8 @@ static int compare(rctx *r, const char *fname, int a, int b, bool ordered, int *
         size_t na, nb;
         const char *sa = lua_tolstring(L, a, &na), *sb = lua_tolstring(L, b, &nb);
         int c = memcmp(sa, sb, na < nb ? na : nb);
-        *res = c ? c : na < nb ? -1 : na > nb;
+        /* memcmp promises only a sign; callers test for exactly -1 and 1 */
+        *res = c < 0 ? -1 : c > 0 ? 1 : na < nb ? -1 : na > nb;
         return 0;
     }
     case LUA_TBOOLEAN:
@@ -1963,8 +1965,8 @@ static int exec_list(rctx *r, const node *n);
 
 /* Sort keys of a map-like table: numbers numerically if all keys are numbers, else as strings. */
 typedef struct mkey {
-    const char *s;
-    size_t n;
+    const char *s; /* a string key's bytes (anchored by the table); NULL for a number */
+    size_t n;      /* length of the key's text: s, or nb for a number */
     lua_Number num;
     lua_Integer iv;
     int type; /* LUA_TSTRING / LUA_TNUMBER */
@@ -1980,10 +1982,17 @@ static int cmp_num(const void *a, const void *b)
     return x->num < y->num ? -1 : x->num > y->num;
 }
 
+/* The key's text. A number's lives in its own slot, which qsort moves: look it up
+ * from wherever the key is now, never through a stored pointer. */
+static const char *key_text(const mkey *k)
+{
+    return k->type == LUA_TSTRING ? k->s : k->nb;
+}
+
 static int cmp_str(const void *a, const void *b)
 {
     const mkey *x = a, *y = b;
-    int c = memcmp(x->s, y->s, x->n < y->n ? x->n : y->n);
+    int c = memcmp(key_text(x), key_text(y), x->n < y->n ? x->n : y->n);
     return c ? c : x->n < y->n ? -1 : x->n > y->n;
 }
 
@@ -2065,7 +2074,6 @@ static int exec_range(rctx *r, const node *nd, int v)
                 snprintf(k->nb, sizeof k->nb, "%lld", (long long)k->iv);
             else
                 fmt_float(k->nb, sizeof k->nb, (double)k->num);
-            k->s = k->nb;
             k->n = strlen(k->nb);
         } else {
             return rerr(r, "range over table with a %s key", type_name(L, -1));

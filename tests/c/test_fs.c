@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -90,8 +91,62 @@ static void test_new_file(void **state)
     assert_content(f->path, "a=1\n");
     struct stat st;
     assert_int_equal(stat(f->path, &st), 0);
-    assert_int_equal(st.st_mode & 07777, 0644);
+    assert_int_equal(st.st_mode & 07777, 0600); /* it may hold passwords */
     assert_int_equal(count_entries(f->dir), 1);
+
+    /* whatever the umask */
+    char p2[400];
+    snprintf(p2, sizeof p2, "%s/other.ini", f->dir);
+    mode_t old = umask(0);
+    int rc = spgb_fs_write_atomic(p2, "b=2\n", 4, -1, NULL, err, sizeof err);
+    umask(old);
+    assert_int_equal(rc, 0);
+    assert_int_equal(stat(p2, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+}
+
+/* An existing file keeps its mode and owner, even one we cannot read: existence is
+ * seen with stat, not by opening it. As root the owner is another user's and the
+ * unreadable part runs in a child that became that user (root reads anything). */
+static void test_keeps_mode_and_owner(void **state)
+{
+    fx *f = *state;
+    char err[512];
+    bool root = geteuid() == 0;
+    uid_t uid = root ? 65534 : geteuid();
+    gid_t gid = root ? 65534 : getegid();
+    assert_int_equal(spgb_fs_write_atomic(f->path, "a\n", 2, 0640, NULL, err, sizeof err), 0);
+    if (root) {
+        assert_int_equal(chown(f->path, uid, gid), 0);
+        assert_int_equal(chown(f->dir, uid, gid), 0);
+    }
+    assert_int_equal(spgb_fs_write_atomic(f->path, "b\n", 2, -1, NULL, err, sizeof err), 0);
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0640);
+    assert_int_equal(st.st_uid, uid);
+    assert_int_equal(st.st_gid, gid);
+    assert_content(f->path, "b\n");
+
+    assert_int_equal(chmod(f->path, 0200), 0); /* write-only: open(O_RDONLY) fails */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (root && (setgid(gid) != 0 || setuid(uid) != 0))
+            _exit(10);
+        if (spgb_fs_write_atomic(f->path, "c\n", 2, -1, NULL, err, sizeof err) != 0)
+            _exit(11);
+        _exit(stat(f->path, &st) != 0 ? 12 : (st.st_mode & 07777) != 0200 ? 13 : 0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0200);
+    assert_int_equal(st.st_uid, uid);
+    assert_int_equal(chmod(f->path, 0600), 0);
+    assert_content(f->path, "c\n");
 }
 
 static void test_replace_and_unchanged(void **state)
@@ -285,6 +340,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_new_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keeps_mode_and_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_and_unchanged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_directory, setup, teardown),

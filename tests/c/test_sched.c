@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <string.h>
 
@@ -18,6 +19,33 @@ typedef struct {
 } test_op;
 
 static test_op the_op;
+
+/* Fault injection: this program's uv_timer_init and uv_timer_start replace libuv's
+ * (the executable's definition wins) and fail once when asked, as an allocation or
+ * libuv failure would. */
+static int fail_timer_init, fail_timer_start;
+
+int uv_timer_init(uv_loop_t *loop, uv_timer_t *h)
+{
+    if (fail_timer_init) {
+        fail_timer_init = 0;
+        return UV_ENOMEM;
+    }
+    int (*real)(uv_loop_t *, uv_timer_t *) =
+        (int (*)(uv_loop_t *, uv_timer_t *))dlsym(RTLD_NEXT, "uv_timer_init");
+    return real(loop, h);
+}
+
+int uv_timer_start(uv_timer_t *h, uv_timer_cb cb, uint64_t timeout, uint64_t repeat)
+{
+    if (fail_timer_start) {
+        fail_timer_start = 0;
+        return UV_EINVAL;
+    }
+    int (*real)(uv_timer_t *, uv_timer_cb, uint64_t, uint64_t) =
+        (int (*)(uv_timer_t *, uv_timer_cb, uint64_t, uint64_t))dlsym(RTLD_NEXT, "uv_timer_start");
+    return real(h, cb, timeout, repeat);
+}
 
 static int op_push(lua_State *L, spgb_op *op)
 {
@@ -164,6 +192,44 @@ static void test_deadlock_is_reported(void **state)
     assert_int_equal(spgb_sched_run_until(t), 1);
 }
 
+/* When spgb_op_wait cannot wait (no timer, timer not started, not a task), the
+ * primitive's I/O has already started: the op must be cancelled before the error is
+ * raised, so a later completion finds it abandoned instead of a task gone. */
+static void check_raised_op_was_cancelled(lua_State *L, const char *want)
+{
+    int h = spawn_chunk(L, want ? "local ok, err = pcall(wait_op, 5) caught = err"
+                                : "local ok, err = pcall(string.gsub, 'a', 'a', "
+                                  "function() wait_op(5) end) caught = err");
+    spgb_task *t = luaL_checkudata(L, h, "spgb.task");
+    assert_int_equal(spgb_sched_run_until(t), 0);
+    assert_int_equal(the_op.cancelled, 1);
+    lua_getglobal(L, "caught");
+    if (want)
+        assert_string_equal(lua_tostring(L, -1), want);
+    else
+        assert_non_null(strstr(lua_tostring(L, -1), "wait_op cannot yield here"));
+    spgb_op_done(&the_op.op); /* the I/O completing late is ignored */
+    run_loop_once();
+    assert_int_equal(the_op.pushed, 0);
+    lua_pop(L, 2);
+}
+
+static void test_failed_wait_cancels_op(void **state)
+{
+    lua_State *L = *state;
+    fail_timer_init = 1;
+    check_raised_op_was_cancelled(L, "wait_op: out of memory (timer)");
+    fail_timer_start = 1;
+    check_raised_op_was_cancelled(L, "wait_op: uv_timer_start: invalid argument");
+    /* inside a C function that cannot yield (a gsub callback) */
+    check_raised_op_was_cancelled(L, NULL);
+    /* outside a task */
+    assert_int_equal(luaL_dostring(L, "local ok, err = pcall(wait_op, 5) return err"), LUA_OK);
+    assert_int_equal(the_op.cancelled, 1);
+    assert_string_equal(lua_tostring(L, -1),
+                        "wait_op needs a task (called outside a task, e.g. in a plain coroutine)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +239,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_raises_at_yield_point, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_has_traceback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadlock_is_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_wait_cancels_op, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

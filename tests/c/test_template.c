@@ -203,6 +203,29 @@ static void test_range(void **state)
     OK("{{range (index . \"Missing\")}}x{{else}}none{{end}}", "{}", "none");
 }
 
+/* A qsort that moves the elements themselves while it compares them (glibc sorts large
+ * elements through an array of pointers, so an element that points into its own slot
+ * looks right there by accident). Replaces libc's for this test program. */
+void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+    char *a = base, tmp[256];
+    assert_true(size <= sizeof tmp);
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && cmp(a + (j - 1) * size, a + j * size) > 0; j--) {
+            memcpy(tmp, a + j * size, size);
+            memcpy(a + j * size, a + (j - 1) * size, size);
+            memcpy(a + (j - 1) * size, tmp, size);
+        }
+}
+
+/* Keys of mixed types sort as strings; number keys' text must follow them as they move. */
+static void test_range_mixed_keys(void **state)
+{
+    lua_State *L = *state;
+    OK("{{range $k, $v := .}}{{$k}},{{end}}", "{[9]=1, b=2, [10]=3, a=4, [100]=5, [2.5]=6, [3]=7}",
+       "10,100,2.5,3,9,a,b,");
+}
+
 static void test_nesting(void **state)
 {
     lua_State *L = *state;
@@ -254,6 +277,33 @@ static void test_functions(void **state)
     OK("{{(index .M \"a\").B}}", "{M={a={B='deep'}}}", "deep");
     OK("{{printf \"%s\" (printf \"%d\" (len .L))}}", "{L={1,2}}", "2");
     OK("{{if and (eq .Role \"master\") (gt .Port 0)}}ok{{end}}", "{Role='master', Port=5}", "ok");
+}
+
+/* lt/le/gt/ge on strings order bytewise as Go does, whatever magnitude memcmp returns;
+ * numbers compare by value (a Lua number is one type), NaN is unordered. */
+static void test_compare_like_go(void **state)
+{
+    lua_State *L = *state;
+    OK("{{lt \"a\" \"c\"}} {{gt \"z\" \"a\"}} {{le \"a\" \"c\"}} {{ge \"c\" \"a\"}}", "{}",
+       "true true true true");
+    OK("{{lt \"c\" \"a\"}} {{gt \"a\" \"z\"}} {{le \"c\" \"a\"}} {{ge \"a\" \"c\"}}", "{}",
+       "false false false false");
+    OK("{{lt \"ab\" \"abc\"}} {{gt \"abc\" \"ab\"}} {{le \"ab\" \"ab\"}} {{lt \"\" \"a\"}}", "{}",
+       "true true true true");
+    OK("{{lt .A .Z}} {{gt .Z .A}} {{lt .Z .A}}", "{A='a', Z='\\255'}", "true true false");
+    OK("{{ne \"a\" \"c\"}} {{ne \"a\" \"a\"}} {{eq \"c\" \"a\" \"b\" \"c\"}} {{eq \"c\" \"a\" "
+       "\"b\"}}",
+       "{}", "true false true false");
+    OK("{{lt 1 1.5}} {{gt 2.5 2}} {{eq 1 1.0}} {{le -1 0}} {{ge 0 -1}}", "{}",
+       "true true true true true");
+    OK("{{lt .N 1}} {{gt .N 1}} {{le .N .N}} {{ge .N .N}} {{eq .N .N}} {{ne .N .N}}", "{N=0/0}",
+       "false false false false false true");
+    RERR("{{lt 1 \"1\"}}", "{}",
+         "t.ini:1:1: error calling lt: incompatible types for comparison (int and string)");
+    RERR("{{eq \"1\" 1}}", "{}",
+         "t.ini:1:1: error calling eq: incompatible types for comparison (string and int)");
+    RERR("{{lt true false}}", "{}",
+         "t.ini:1:1: error calling lt: invalid type for comparison (bool)");
 }
 
 static void test_pgbouncer_ini(void **state)
@@ -476,9 +526,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_if, setup, teardown),
         cmocka_unit_test_setup_teardown(test_with, setup, teardown),
         cmocka_unit_test_setup_teardown(test_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_range_mixed_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nesting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_variables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_functions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compare_like_go, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pgbouncer_ini, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compile_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_errors, setup, teardown),
