@@ -17,8 +17,24 @@ local function key_order(a, b)
   return tostring(a) < tostring(b)
 end
 
+-- cjson's null (a light userdata); every NULL light userdata compares equal to it.
+local has_cjson, cjson = pcall(require, "cjson.safe")
+local json_null = has_cjson and cjson.null or nil
+
+local escapes = { ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r", ['"'] = '\\"', ["\\"] = "\\\\" }
+
+-- A double-quoted Lua literal with the escapes people read (\n, \t), not %q's
+-- backslash-newline and \9.
+local function quote(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return escapes[c] or ("\\%03d"):format(c:byte())
+  end) .. '"'
+end
+M.quote = quote
+
 local function scalar(v)
-  if type(v) == "string" then return string.format("%q", v) end
+  if type(v) == "string" then return quote(v) end
+  if json_null ~= nil and v == json_null then return "json.null" end
   return tostring(v)
 end
 

@@ -77,7 +77,9 @@ static int compile(lua_State *L, const char *buf)
     return luaL_loadbuffer(L, buf, strlen(buf), "=stdin");
 }
 
-/* The pretty printer lives in lua/pretty.lua; fall back to tostring. */
+/* The pretty printer lives in lua/pretty.lua; fall back to tostring. A string result
+ * prints as its text, as lua.c's print does (a multi-line error message stays
+ * readable); strings inside tables are quoted by the printer. */
 static void print_results(lua_State *L, int base, int n)
 {
     if (n <= 0)
@@ -86,7 +88,12 @@ static void print_results(lua_State *L, int base, int n)
     lua_pushliteral(L, "pretty");
     int have = lua_pcall(L, 1, 1, 0) == LUA_OK;
     for (int i = 1; i <= n; i++) {
-        if (have) {
+        lua_rawgeti(L, base, i);
+        bool is_string = lua_type(L, -1) == LUA_TSTRING;
+        lua_pop(L, 1);
+        if (is_string) {
+            lua_rawgeti(L, base, i);
+        } else if (have) {
             lua_getfield(L, -1, "format");
             lua_rawgeti(L, base, i);
             if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
@@ -111,6 +118,7 @@ static void print_results(lua_State *L, int base, int n)
 static void run_statement(lua_State *L)
 {
     spgb_task *t = spgb_task_spawn(L, 0, "repl");
+    spgb_task_observe(t); /* its error is printed below, once */
     int hidx = lua_gettop(L);
     running = t;
     if (spgb_sched_run_until(t) != 0) {

@@ -619,6 +619,11 @@ static int l_spawn(lua_State *L)
     return 1;
 }
 
+void spgb_task_observe(spgb_task *t)
+{
+    t->observed = true;
+}
+
 /* task.observed(fn, ...) -> handle: as spawn, for helpers that report the task's
  * failure themselves (all, timeout), so it is not also logged as task_failed. */
 static int l_observed(lua_State *L)

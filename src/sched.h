@@ -85,6 +85,10 @@ void spgb_op_done(spgb_op *op);
  * step. name may be NULL. Pushes the task's handle. */
 spgb_task *spgb_task_spawn(lua_State *L, int nargs, const char *name);
 
+/* Mark t as observed: its caller reports its failure (the REPL prints the error), so
+ * the scheduler does not also log it as task_failed. Call before it finishes. */
+void spgb_task_observe(spgb_task *t);
+
 /* Run the loop until `t` finishes; returns its exit status (0 ok, 1 error, or the
  * integer the root function returned). Used by the CLI for the root task and the REPL. */
 int spgb_sched_run_until(spgb_task *t);

@@ -90,9 +90,35 @@ describe("command line", function()
     assert.matches("^2\n", out)
     assert.matches("n = 1", out, 1, true)
     assert.matches("<cycle", out, 1, true)
-    assert.matches('"slept"', out, 1, true)
-    assert.matches('"still here"', out, 1, true)
+    assert.matches("\nslept\n", out, 1, true)
+    assert.matches("\nstill here\n", out, 1, true)
     assert.matches("oops", err, 1, true)
+  end)
+
+  -- As a person meets it: a terminal (script(1) gives the REPL a pseudo-terminal, so it
+  -- takes its interactive path: editline, prompts, echo).
+  it("repl on a terminal: an error once, json.null by name, strings readable", function()
+    local input = table.concat({
+      "json.null",
+      '{ x = json.null, s = "a\\n\\tb" }',
+      'error("bo" .. "om")',
+      '"first line\\n\\tsecond line"',
+    }, "\n") .. "\n"
+    local code, out = proc.run { "script", "-qfec", bin .. " repl", "/dev/null", stdin = input,
+      env = { TERM = "dumb", HOME = "/nonexistent" }, timeout = 30 }
+    assert.equals(0, code, out)
+    out = out:gsub("\r\n", "\n")
+    assert.matches("stolon-pgbouncer repl", out, 1, true)          -- the interactive banner
+    assert.matches("\njson.null\n", out, 1, true)
+    assert.is_nil(out:find("userdata", 1, true))
+    assert.matches('s = "a\\n\\tb",', out, 1, true)                  -- quoted inside a table, \n and \t
+    assert.matches("x = json.null,", out, 1, true)
+    local _, booms = out:gsub("boom", "")
+    assert.equals(1, booms, out)                                      -- printed once, not logged too
+    assert.is_nil(out:find("task_failed", 1, true))
+    assert.matches("stack traceback:", out, 1, true)
+    assert.matches("\nfirst line\n\tsecond line\n", out, 1, true)  -- its text, not "\9"
+    assert.is_nil(out:find("\\9", 1, true))
   end)
 
   it("repl: INT cancels the running statement and the prompt goes on", function()
@@ -106,7 +132,7 @@ describe("command line", function()
     local out, err = p:output()
     assert.equals(0, code)
     assert.matches("(interrupted)", err, 1, true)
-    assert.matches('"after"', out, 1, true)
+    assert.matches("^after\n", out)
     assert.is_true(task.now() - t0 < 10)
   end)
 

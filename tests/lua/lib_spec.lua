@@ -88,6 +88,15 @@ describe("pretty", function()
   end)
 end)
 
+describe("pretty scalars", function()
+  local pretty = require "pretty"
+  it("names json.null and quotes strings with readable escapes", function()
+    assert.equals("json.null", pretty.format(require("cjson").null))
+    assert.equals('"a\\n\\tb \\"q\\" \\\\ \\000"', pretty.format("a\n\tb \"q\" \\ \0"))
+    assert.equals('{\n  "x",\n  k = json.null,\n}', pretty.format({ "x", k = require("cjson.safe").null }))
+  end)
+end)
+
 describe("common.certificate_expiry", function()
   local common = require "common"
   local proc = require "proc"
