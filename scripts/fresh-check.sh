@@ -6,15 +6,17 @@
 # tested too): unpack a new copy of a minimal bookworm root (mmdebstrap
 # --variant=minbase, cached as a tarball between runs), put a clean clone of this
 # repository's HEAD in /root/project, mount /proc, /sys, /dev and a tmpfs /dev/shm,
-# install only make and git, and run the command there as root. Prints each command's
-# exit status and time; exits non-zero when one failed. Whatever happens, processes
+# install only make and git, and run the command there as root; then the same again
+# as an ordinary user with sudo and a clone in its home. Prints each run's exit
+# status and time; exits non-zero when one failed. Whatever happens, processes
 # left inside the chroot are killed and everything mounted is unmounted.
 #
 # Usage: scripts/fresh-check.sh [COMMAND...]   (default: the README's commands)
 # Needs root (mmdebstrap, mount, chroot); re-runs itself through sudo otherwise.
 # Environment: FRESH_CACHE (tarball and downloaded .debs, default
 # /var/cache/stolon-pgbouncer-fresh), FRESH_WORK (scratch, default /var/tmp),
-# FRESH_TIMEOUT (seconds per command, default 2700), FRESH_KEEP=1 keeps the roots.
+# FRESH_TIMEOUT (seconds per command, default 2700), FRESH_KEEP=1 keeps the roots,
+# FRESH_AS (default "root user": who runs each command).
 # Each command's whole output is in build/fresh-check/commandN.log.
 #
 # Differences from a real machine, on purpose: the chroot shares this machine's
@@ -91,9 +93,13 @@ mnt() { # mnt TARGET mount-arguments...: mount and remember it
   MOUNTS="$MOUNTS $target"
 }
 
-run_one() { # run_one N COMMAND -> exit status of COMMAND in a new root
+# run_one N COMMAND AS -> exit status of COMMAND run in a new root, AS "root" (clone in
+# /root/project) or "user" (an ordinary user with sudo, clone in its home, Debian's
+# PATH for ordinary users, which lacks the sbin folders).
+run_one() {
   n=$1
   cmd=$2
+  as=$3
   r=$WORK/root$n
   log=$LOGS/command$n.log
   mkdir -p "$r"
@@ -111,17 +117,29 @@ run_one() { # run_one N COMMAND -> exit status of COMMAND in a new root
   cp /etc/resolv.conf "$r/etc/resolv.conf"
   printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
   chmod 0755 "$r/usr/sbin/policy-rc.d"
-  git clone --quiet "$SRC" "$r/root/project"
-  env_i="env -i HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-  if ! chroot "$r" $env_i sh -c 'chown _apt:root /var/cache/apt/archives/partial 2>/dev/null;
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq make git' >"$log" 2>&1; then
-    echo "fresh-check: could not install make and git in the new root:" >&2
+  env_root="env -i HOME=/root USER=root LOGNAME=root TERM=dumb LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  pkgs="make git"
+  [ "$as" = root ] || pkgs="$pkgs sudo"
+  if ! chroot "$r" $env_root sh -c "chown _apt:root /var/cache/apt/archives/partial 2>/dev/null;
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs" >"$log" 2>&1; then
+    echo "fresh-check: could not install $pkgs in the new root:" >&2
     tail -20 "$log" >&2
     return 125
   fi
+  if [ "$as" = root ]; then
+    git clone --quiet "$SRC" "$r/root/project"
+    run="$env_root sh -c 'cd /root/project && $cmd'"
+  else
+    chroot "$r" useradd -m -s /bin/sh newcomer
+    echo "newcomer ALL=(ALL) NOPASSWD:ALL" >"$r/etc/sudoers.d/newcomer"
+    chmod 0440 "$r/etc/sudoers.d/newcomer"
+    git clone --quiet "$SRC" "$r/home/newcomer/project"
+    chroot "$r" chown -R newcomer:newcomer /home/newcomer/project
+    run="runuser -u newcomer -- env -i HOME=/home/newcomer USER=newcomer LOGNAME=newcomer TERM=dumb LANG=C.UTF-8 PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games sh -c 'cd ~/project && $cmd'"
+  fi
   t0=$(date +%s)
   set +e
-  timeout -k 30 "$TIMEOUT" chroot "$r" $env_i sh -c "cd /root/project && $cmd" >>"$log" 2>&1
+  timeout -k 30 "$TIMEOUT" chroot "$r" sh -c "$run" >>"$log" 2>&1
   status=$?
   set -e
   t1=$(date +%s)
@@ -133,22 +151,24 @@ failed=0
 n=0
 summary=""
 for c in "$@"; do
-  n=$((n + 1))
   cmd=$(printf '%s' "$c" | tr '\037' ' ')
-  echo "fresh-check: [$n] $cmd (log: $LOGS/command$n.log)"
-  ELAPSED=0
-  if run_one "$n" "$cmd"; then status=0; else status=$?; fi
-  if [ "$status" -ne 0 ]; then
-    failed=1
-    echo "fresh-check: [$n] $cmd failed; the end of its output:"
-    tail -40 "$LOGS/command$n.log" | sed 's/^/    /'
-  fi
-  line=$(printf '  %-22s exit %3d  %5d s' "$cmd" "$status" "$ELAPSED")
-  summary="$summary$line
+  for as in ${FRESH_AS:-root user}; do
+    n=$((n + 1))
+    echo "fresh-check: [$n] $cmd, as $as (log: $LOGS/command$n.log)"
+    ELAPSED=0
+    if run_one "$n" "$cmd" "$as"; then status=0; else status=$?; fi
+    if [ "$status" -ne 0 ]; then
+      failed=1
+      echo "fresh-check: [$n] $cmd, as $as, failed; the end of its output:"
+      tail -40 "$LOGS/command$n.log" | sed 's/^/    /'
+    fi
+    line=$(printf '  %-22s as %-5s exit %3d  %5d s' "$cmd" "$as" "$status" "$ELAPSED")
+    summary="$summary$line
 "
-  release_root
+    release_root
+  done
 done
 
-echo "fresh-check: results (a new minimal Debian 12 root each, clone in /root/project, as root)"
+echo "fresh-check: results (each on a new minimal Debian 12 root)"
 printf '%s' "$summary"
 exit $failed
