@@ -89,7 +89,6 @@ describe("pretty", function()
 end)
 
 describe("pretty scalars", function()
-  local pretty = require "pretty"
   it("names json.null and quotes strings with readable escapes", function()
     assert.equals("json.null", pretty.format(require("cjson").null))
     assert.equals('"a\\n\\tb \\"q\\" \\\\ \\000"', pretty.format("a\n\tb \"q\" \\ \0"))
