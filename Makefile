@@ -41,13 +41,13 @@ BIN       := stolon-pgbouncer
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
 .PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick \
-        fresh-check
+        fresh-check playground playground-status playground-down
 
 all: $(BIN)
 
 # `deps` named on the command line (or `demo`, which runs it) finishes before anything
 # that needs the packages starts, even under -j.
-ifneq ($(filter deps demo,$(MAKECMDGOALS)),)
+ifneq ($(filter deps demo playground,$(MAKECMDGOALS)),)
 AFTER_DEPS := deps
 endif
 
@@ -132,6 +132,16 @@ fuzz:
 
 fuzz-smoke:
 	$(Q)./scripts/fuzz.sh 10
+
+# The demo's cluster kept up to be explored (scripts/playground.sh).
+playground: deps all
+	$(Q)./scripts/playground.sh up
+
+playground-status:
+	$(Q)./scripts/playground.sh status
+
+playground-down:
+	$(Q)./scripts/playground.sh down
 
 # The README's first-screen commands, each on a new minimal Debian 12 root (chroot;
 # needs root or sudo, mmdebstrap, network for apt). Slow: CI runs it last.

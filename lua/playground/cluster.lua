@@ -265,6 +265,28 @@ function Cluster:primary()
   end
 end
 
+-- pids() -> {{pid=, what=}, ...}: every process the playground runs now (etcd,
+-- Postgres, our daemons, the PgBouncers supervise started), for a holder that records
+-- them so `make playground-down` can stop exactly these even after the holder died.
+function Cluster:pids()
+  local out = {}
+  local function add(pid, what)
+    if pid then out[#out + 1] = { pid = pid, what = what } end
+  end
+  if self.etcd_proc and self.etcd_proc:running() then add(self.etcd_proc:pid(), "etcd") end
+  for _, n in ipairs(self.nodes or {}) do add(pgnode.pid(n), "postgres " .. n.name) end
+  for _, d in ipairs(self.daemons) do
+    if d.p:running() then add(d.p:pid(), d.name) end
+  end
+  local bouncers = { self.proxy }
+  for _, b in ipairs(self.bouncers or {}) do bouncers[#bouncers + 1] = b end
+  for _, b in ipairs(bouncers) do
+    local text = fs.read(b.dir .. "/pgbouncer.pid")
+    add(text and tonumber(text:match("%d+")), "pgbouncer " .. b.dir:match("[^/]+$"))
+  end
+  return out
+end
+
 function Cluster:stop()
   if self.stopped then return end
   self.stopped = true
