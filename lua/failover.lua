@@ -440,7 +440,9 @@ function M:plan(p)
 end
 
 -- run(p) -> exit status. Runs p in its own task; INT/TERM/QUIT cancel it (its
--- defers still run: resume, restore, unlock); a second signal exits at once.
+-- defers still run: resume, restore, unlock). Clean-up is never cut short by a
+-- signal: a second one is logged and changes nothing, so every RESUME is sent (each
+-- defer is bounded by --cleanup-timeout; SIGKILL leaves the pauses to expire).
 function M:run(p)
   local o = self.opts
   if o.health_check_only or o.dry_run then
@@ -459,8 +461,11 @@ function M:run(p)
   for _, sig in ipairs { "INT", "TERM", "QUIT" } do
     signals[#signals + 1] = task.on_signal(sig, function(name)
       if self.ctx.interrupted then
-        self.log.error { event = "second_signal", msg = "received second signal, exiting immediately" }
-        os.exit(1)
+        -- Exiting now would skip RESUMEs and leave PgBouncers paused until their
+        -- expiry: clean-up goes on, each undo bounded by --cleanup-timeout.
+        self.log.warn { event = "second_signal", signal = name, cleanup_timeout = o.cleanup_timeout,
+          msg = "clean-up is running and is not interrupted; each undo is bounded by the cleanup timeout" }
+        return
       end
       self.ctx.interrupted = name
       self.log.warn { event = "interrupted", signal = name, msg = "cancelling the failover; clean-up runs" }

@@ -200,3 +200,116 @@ describe("failover and pauser faults", function()
     assert(D.eventually(5, function() return health(2) end))
   end)
 end)
+
+-- Clean-up under signals (issue 12, items 2, 3 and 8), against fake pausers: HTTP
+-- servers in this spec that answer /health and /pause at once and hold /resume for
+-- as long as a case asks, which no real PgBouncer does on demand. Three keepers on
+-- 127.0.7.1-3 and one extra (proxy) pauser on 127.0.7.10; no sentinel, so a failover
+-- waits for a recovery that never comes.
+--
+-- Addresses and ports: 127.0.7.x only; etcd 22792-22793; fake pausers 26351-26352.
+describe("failover clean-up against slow fake pausers", function()
+  local FHOSTS = { "127.0.7.1", "127.0.7.2", "127.0.7.3" }
+  local EXTRA, FPORT, EXTRA_PORT = "127.0.7.10", 26351, 26352
+  local FCLUSTER = "fake-fo"
+  local FKEY = "stolon/cluster/" .. FCLUSTER .. "/clusterdata"
+  local srv, client
+  local servers = {}
+  -- per fake, by name ("keeper0".."keeper2", "extra"): the requests it saw, and how
+  -- long it holds a /resume
+  local seen, hold = {}, {}
+
+  local function fake(name, host, port)
+    seen[name] = {}
+    servers[#servers + 1] = assert(http.serve { address = host, port = port, handler = function(req)
+      local r = { path = req.path, at = task.now() }
+      seen[name][#seen[name] + 1] = r
+      if req.path == "/health" then return 200, { config = { pool_mode = "transaction" } } end
+      if req.path == "/resume" and (hold[name] or 0) > 0 then task.sleep(hold[name]) end
+      r.done = task.now()
+      return 200, {}
+    end })
+  end
+
+  -- The first request to path that fake name saw, or nil.
+  local function request(name, path)
+    for _, r in ipairs(seen[name]) do
+      if r.path == path then return r end
+    end
+  end
+
+  local function fdoc()
+    local r = assert(client:get(FKEY))
+    return assert(cjson.decode(r.kvs[1].value))
+  end
+
+  local function holders(name)
+    local r = assert(client:get(name or (FKEY .. "/failover"), { prefix = true }))
+    return #r.kvs
+  end
+
+  local function start(extra)
+    local args = { "failover", "--cluster-name", FCLUSTER, "--store-endpoints", srv.endpoints[1],
+      "--pauser-port", tostring(FPORT), "--extra-pauser", EXTRA .. ":" .. EXTRA_PORT, "--metrics-port", "0",
+      "--failover-sleep-interval", "1s", "--health-check-timeout", "1s" }
+    for _, a in ipairs(extra) do args[#args + 1] = a end
+    return D.start(args, { env = { STBOUNCER_FAILOVER_TOKEN = "fake" } })
+  end
+
+  setup(function()
+    srv = E.start { members = 1, hosts = { FHOSTS[1] }, port = 22790 }
+    client = assert(etcd.connect { endpoints = srv.endpoints, timeout = 5 })
+    for i, h in ipairs(FHOSTS) do fake("keeper" .. (i - 1), h, FPORT) end
+    fake("extra", EXTRA, EXTRA_PORT)
+  end)
+
+  before_each(function()
+    local keepers = {}
+    for k, h in ipairs(FHOSTS) do keepers[k] = { uid = "keeper" .. (k - 1), host = h, port = 5432 } end
+    assert(client:put(FKEY, CD.encode(CD.new { keepers = keepers, master = "keeper0", sync = { "keeper1" },
+      sleep_interval = "2s" })))
+    for name in pairs(seen) do
+      seen[name] = {}
+      hold[name] = 0
+    end
+  end)
+
+  teardown(function()
+    for _, s in ipairs(servers) do s:close() end
+    if srv then srv:stop() end
+  end)
+
+  -- Every pauser got a RESUME that it answered, the extra one after every keeper's,
+  -- and the failover logged each as answered.
+  local function assert_all_resumed(logs)
+    local last_keeper = 0
+    for i = 1, 3 do
+      local r = request("keeper" .. (i - 1), "/resume")
+      assert(r and r.done, "keeper" .. (i - 1) .. " got no RESUME\n" .. logs)
+      last_keeper = math.max(last_keeper, r.done)
+      local line = logs:match("[^\n]*event=pgbouncer_resume [^\n]*endpoint=keeper" .. (i - 1) .. "[^\n]*")
+      assert(line and not line:find("error=", 1, true), "keeper" .. (i - 1) .. "'s RESUME was abandoned\n" .. logs)
+    end
+    local x = request("extra", "/resume")
+    assert(x and x.done, "the extra pauser got no RESUME\n" .. logs)
+    assert.is_true(x.at >= last_keeper)
+    assert.is_nil(logs:find("event=defer_failed", 1, true), logs)
+  end
+
+  it("a signal while resume waits on a slow pauser, and a second one, skip no RESUME (item 2)", function()
+    for i = 1, 3 do hold["keeper" .. (i - 1)] = 3 end
+    -- wait_for_recovery gives up by itself (pause expiry), then resume is slow
+    local f = start { "--pause-expiry", "3s", "--cleanup-timeout", "10s" }
+    assert(D.eventually(20, function() return request("keeper0", "/resume") end),
+      "resume did not start\n" .. tostring(f:logs()))
+    f:signal("INT")
+    task.sleep(0.5)
+    f:signal("INT")
+    local code = f.p:wait(30)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    assert_all_resumed(logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+end)
