@@ -312,4 +312,53 @@ describe("failover clean-up against slow fake pausers", function()
     assert.equals("2s", fdoc().cluster.spec.sleepInterval)
     assert.equals(0, holders())
   end)
+
+  it("keeps the lock through a clean-up longer than --lock-ttl after a signal (item 3)", function()
+    for i = 1, 3 do hold["keeper" .. (i - 1)] = 5 end
+    local f = start { "--pause-expiry", "30s", "--lock-ttl", "2s", "--resume-timeout", "8s",
+      "--cleanup-timeout", "15s" }
+    assert(D.eventually(20, function() return request("extra", "/pause") and request("keeper2", "/pause") end),
+      "failover did not pause\n" .. tostring(f:logs()))
+    f:signal("INT")
+    assert(D.eventually(10, function() return request("keeper0", "/resume") end),
+      "resume did not start\n" .. tostring(f:logs()))
+    task.sleep(3.5) -- > --lock-ttl after the signal, and the RESUMEs are still held
+    assert.is_nil(request("keeper0", "/resume").done)
+    local during = holders()
+    local code = f.p:wait(30)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    assert.equals(1, during, "the lock expired while its holder was still cleaning up\n" .. logs)
+    assert_all_resumed(logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+
+  it("keeps a lease alive after the task that took the lock is cancelled, until unlock (item 3)", function()
+    local name = FKEY .. "/keepalive"
+    local h
+    local t = task.spawn(function()
+      h = assert(client:lock(name, { ttl = 2 }))
+      task.sleep(30)
+    end)
+    assert(D.eventually(5, function() return h end))
+    t:cancel()
+    task.sleep(4)
+    local during = holders(name)
+    assert.is_true(h:unlock())
+    assert.equals(1, during, "the lock's lease ended with the task that took it")
+    assert.equals(0, holders(name))
+  end)
+
+  it("a cancelled lock acquisition deletes its key at once (item 3)", function()
+    local name = FKEY .. "/queue"
+    local held = assert(client:lock(name, { ttl = 30 }))
+    local waiter = task.spawn(function() return client:lock(name, { timeout = 20, ttl = 30 }) end)
+    assert(D.eventually(5, function() return holders(name) == 2 end), "the second lock did not queue")
+    waiter:cancel()
+    local gone = D.eventually(3, function() return holders(name) == 1 end)
+    assert.is_true(held:unlock())
+    assert(gone, "the cancelled acquisition left its key until the lease's TTL")
+    assert.equals(0, holders(name))
+  end)
 end)
