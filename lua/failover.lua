@@ -187,6 +187,9 @@ function M:release_lock()
   return h:unlock()
 end
 
+-- The original is recorded before each write, not after the compare-and-swap
+-- returns: a txn etcd applied whose answer was lost (a timeout, a signal) must still
+-- be restored. restore_sleep_interval leaves alone a write that did not apply.
 function M:shorten_sleep_interval()
   local short = duration.format(self.opts.failover_sleep_interval)
   local original
@@ -195,10 +198,10 @@ function M:shorten_sleep_interval()
     if not cd then return nil, derr end
     original = cd:sleep_interval()
     if not duration.parse(original) then return nil, ("invalid sleepInterval %q"):format(original) end
+    self.ctx.original_sleep_interval, self.ctx.short_sleep_interval = original, short
     return stolon.with_sleep_interval(raw, short)
   end)
   if not rev then return nil, err end
-  self.ctx.original_sleep_interval, self.ctx.short_sleep_interval = original, short
   self.log.info { event = "apply_short_sleep_interval", interval = short, original = original }
   -- stolon components read the interval at their next tick: wait for them as the
   -- original did (two of the old intervals), before anything is paused.
@@ -216,6 +219,7 @@ function M:restore_sleep_interval()
   local rev, err = self:cas("restore_sleep_interval", function(raw)
     local cd, derr = stolon.decode(raw, self.key)
     if not cd then return nil, derr end
+    if cd:sleep_interval() == original then return raw end -- our write never applied
     if cd:sleep_interval() ~= short then
       -- someone changed it meanwhile: theirs wins
       self.log.warn { event = "sleep_interval_changed", found = cd:sleep_interval(), msg = "not restoring" }

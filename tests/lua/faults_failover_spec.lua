@@ -17,6 +17,7 @@ local etcd = require "etcd"
 local http = require "http"
 local pg = require "pg"
 local pgbouncer = require "pgbouncer"
+local stolon = require "stolon"
 local task = require "task"
 
 local HOSTS = { "127.0.3.1", "127.0.3.2", "127.0.3.3" }
@@ -213,6 +214,8 @@ describe("failover clean-up against slow fake pausers", function()
   local EXTRA, FPORT, EXTRA_PORT = "127.0.7.10", 26351, 26352
   local FCLUSTER = "fake-fo"
   local FKEY = "stolon/cluster/" .. FCLUSTER .. "/clusterdata"
+  local failover = require "failover"
+  local flags = require "flags"
   local srv, client
   local servers = {}
   -- per fake, by name ("keeper0".."keeper2", "extra"): the requests it saw, and how
@@ -361,4 +364,36 @@ describe("failover clean-up against slow fake pausers", function()
     assert(gone, "the cancelled acquisition left its key until the lease's TTL")
     assert.equals(0, holders(name))
   end)
+
+  -- A txn etcd applied but whose answer was lost (timeout), or that a cancel cut off:
+  -- restore must still put the original sleepInterval back.
+  it("restores sleepInterval after a compare-and-swap that applied but timed out or was cancelled (item 8)",
+    function()
+      local opts = assert(flags.parse(failover.flags, { "--cluster-name", FCLUSTER, "--store-endpoints",
+        srv.endpoints[1], "--metrics-port", "0", "--failover-sleep-interval", "1s" }))
+      for _, how in ipairs { "timeout", "cancel" } do
+        assert(client:put(FKEY, assert(stolon.with_sleep_interval(client:get(FKEY).kvs[1].value, "2s"))))
+        local f = failover.setup(opts)
+        local real = f.client
+        f.client = {
+          get = function(_, ...) return real:get(...) end,
+          txn = function(_, req)
+            assert(real:txn(req))
+            if how == "cancel" then task.sleep(30) end
+            return nil, "etcd.txn: timeout", "timeout"
+          end,
+        }
+        local h = task.spawn(function() return f:shorten_sleep_interval() end)
+        if how == "cancel" then
+          assert(D.eventually(5, function() return fdoc().cluster.spec.sleepInterval == "1s" end))
+          h:cancel()
+        end
+        local ok = h:wait(10)
+        assert.equals("1s", fdoc().cluster.spec.sleepInterval, how)
+        assert.equals(how == "timeout", ok, how)
+        f.client = real
+        assert.is_true(f:restore_sleep_interval())
+        assert.equals("2s", fdoc().cluster.spec.sleepInterval, how .. ": restore skipped, stolon kept 1s")
+      end
+    end)
 end)
