@@ -248,9 +248,12 @@ function M:pause()
   return true
 end
 
+-- Each of the two rounds gets at most half the cleanup timeout, so a keeper that does
+-- not answer cannot use up the defer's time before the front ones are sent theirs.
 function M:resume()
   self.log.info { event = "pgbouncer_resume", msg = "requesting all pgbouncers resume" }
-  local function resume(c) return c:resume(self.opts.resume_timeout) end
+  local each = math.min(self.opts.resume_timeout, math.max(0.5, (self.opts.cleanup_timeout - 0.5) / 2))
+  local function resume(c) return c:resume(each) end
   local res, err = self:each("pgbouncer_resume", resume, "keeper")
   -- the front ones last, even when a keeper's resume failed (it expires by itself)
   local res2, err2 = self:each("pgbouncer_resume", resume, "extra")

@@ -365,6 +365,19 @@ describe("failover clean-up against slow fake pausers", function()
     assert.equals(0, holders(name))
   end)
 
+  it("sends the extra pauser its RESUME even when a keeper's holds longer than the cleanup timeout", function()
+    hold.keeper0 = 8
+    local f = start { "--pause-expiry", "3s", "--resume-timeout", "12s", "--cleanup-timeout", "4s" }
+    local code = f.p:wait(40)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    local x = request("extra", "/resume")
+    assert(x and x.done, "the extra pauser got no RESUME\n" .. logs)
+    assert(request("keeper1", "/resume").done and request("keeper2", "/resume").done, logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+
   -- A txn etcd applied but whose answer was lost (timeout), or that a cancel cut off:
   -- restore must still put the original sleepInterval back.
   it("restores sleepInterval after a compare-and-swap that applied but timed out or was cancelled (item 8)",
