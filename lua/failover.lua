@@ -133,7 +133,18 @@ function M:cas(what, edit)
       compare = { { key = self.key, target = "mod", result = "==", value = kv.mod_revision } },
       success = { { put = { key = self.key, value = new } } },
     }
-    if not r then return nil, ("%s: txn: %s"):format(what, tostring(terr)) end
+    if not r then
+      -- A txn etcd applied whose answer was lost (a timeout, a member gone): judge
+      -- by what is there now, or a forceFail that applied would be taken for a
+      -- failure and PgBouncer resumed while the primary moves.
+      local now = self.client:get(self.key)
+      local cur = now and now.kvs and now.kvs[1]
+      if cur and cur.value == new then
+        self.log.warn { event = "cas_ambiguous", what = what, error = tostring(terr), msg = "the write had applied" }
+        return cur.mod_revision
+      end
+      return nil, ("%s: txn: %s"):format(what, tostring(terr))
+    end
     if r.succeeded then return r.revision end
     self.log.debug { event = "cas_retry", what = what, msg = "clusterdata changed underneath, retrying" }
   end

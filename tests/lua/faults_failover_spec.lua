@@ -378,24 +378,40 @@ describe("failover clean-up against slow fake pausers", function()
     assert.equals(0, holders())
   end)
 
+  -- A failover object (in this process) whose store client applies every txn and
+  -- then loses the answer: a timeout, after sleeping `stall` seconds when given
+  -- (a cancel cuts that off). f.real is the true client.
+  local function lossy_failover(stall)
+    local opts = assert(flags.parse(failover.flags, { "--cluster-name", FCLUSTER, "--store-endpoints",
+      srv.endpoints[1], "--metrics-port", "0", "--failover-sleep-interval", "1s" }))
+    local f = failover.setup(opts)
+    local real = f.client
+    f.real = real
+    f.client = {
+      get = function(_, ...) return real:get(...) end,
+      txn = function(_, req)
+        assert(real:txn(req))
+        if stall then task.sleep(stall) end
+        return nil, "etcd.txn: timeout", "timeout"
+      end,
+    }
+    return f
+  end
+
+  it("takes a forceFail whose txn applied but timed out for done, not for a failure to undo", function()
+    local f = lossy_failover()
+    local ok, err = f:failkeeper()
+    assert.is_true(fdoc().keepers.keeper0.status.forceFail)
+    assert.is_true(ok, err)
+  end)
+
   -- A txn etcd applied but whose answer was lost (timeout), or that a cancel cut off:
   -- restore must still put the original sleepInterval back.
   it("restores sleepInterval after a compare-and-swap that applied but timed out or was cancelled (item 8)",
     function()
-      local opts = assert(flags.parse(failover.flags, { "--cluster-name", FCLUSTER, "--store-endpoints",
-        srv.endpoints[1], "--metrics-port", "0", "--failover-sleep-interval", "1s" }))
       for _, how in ipairs { "timeout", "cancel" } do
         assert(client:put(FKEY, assert(stolon.with_sleep_interval(client:get(FKEY).kvs[1].value, "2s"))))
-        local f = failover.setup(opts)
-        local real = f.client
-        f.client = {
-          get = function(_, ...) return real:get(...) end,
-          txn = function(_, req)
-            assert(real:txn(req))
-            if how == "cancel" then task.sleep(30) end
-            return nil, "etcd.txn: timeout", "timeout"
-          end,
-        }
+        local f = lossy_failover(how == "cancel" and 30 or nil)
         local h = task.spawn(function() return f:shorten_sleep_interval() end)
         if how == "cancel" then
           assert(D.eventually(5, function() return fdoc().cluster.spec.sleepInterval == "1s" end))
@@ -404,7 +420,7 @@ describe("failover clean-up against slow fake pausers", function()
         local ok = h:wait(10)
         assert.equals("1s", fdoc().cluster.spec.sleepInterval, how)
         assert.equals(how == "timeout", ok, how)
-        f.client = real
+        f.client = f.real
         assert.is_true(f:restore_sleep_interval())
         assert.equals("2s", fdoc().cluster.spec.sleepInterval, how .. ": restore skipped, stolon kept 1s")
       end
