@@ -237,7 +237,7 @@ local function main()
     res:row { figure = tag .. "· ours (window - manager), median", value = B.ms(O.median), unit = "ms",
       goal = "<= 50 ms", met = O.median <= 0.050 }
     res:row { figure = tag .. "· of which pause fan-out (3 pausers)", value = B.ms(F.median), unit = "ms",
-      floor = B.ms(D.median), floor_what = "PAUSE alone on the primary's PgBouncer, same load" }
+      floor = B.ms(D.median), floor_what = "PAUSE alone on the primary's PgBouncer, before the load" }
     res:row { figure = tag .. "· of which failkeeper", value = steps.failkeeper, unit = "ms" }
     res:row { figure = tag .. "· of which write probe", value = steps.write_probe, unit = "ms" }
     res:row { figure = tag .. "· of which resume", value = steps.resume, unit = "ms" }
