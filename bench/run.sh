@@ -7,6 +7,7 @@
 #   footprint.lua                    RSS/CPU idle (60 s), start-up, `run` start-up
 # Prints benchmark | figure | value | floor/baseline | ratio | goal | met? with the
 # machine and date; writes bench/results/all.json (and one JSON + log per script).
+# Exits 1 when a script failed (failover.lua does when a failover fails a transaction).
 # Addresses 127.0.2.x only; etcd on port $BENCH_ETCD_PORT (default 22570, +1 peer).
 # usage: bench/run.sh [--quick]   (--quick: fewer rounds, 10 s idle; for trying it out)
 set -u
@@ -46,3 +47,10 @@ run failover "$BIN" run bench/failover.lua "$RUNS"
 run footprint "$BIN" run bench/footprint.lua "$IDLE"
 echo
 "$BIN" run bench/report.lua "$STATUS" | tee "$R/table.md"
+# Exit non-zero when a script failed: failover.lua exits 3 when a failover itself
+# failed a transaction or lost a row (after writing its figures).
+failed=$(awk '$2 != 0 { printf "%s%s (exit %s)", sep, $1, $2; sep = ", " }' "$STATUS")
+if [ -n "$failed" ]; then
+  echo "bench/run.sh: failed: $failed" >&2
+  exit 1
+fi

@@ -133,7 +133,18 @@ function M:cas(what, edit)
       compare = { { key = self.key, target = "mod", result = "==", value = kv.mod_revision } },
       success = { { put = { key = self.key, value = new } } },
     }
-    if not r then return nil, ("%s: txn: %s"):format(what, tostring(terr)) end
+    if not r then
+      -- A txn etcd applied whose answer was lost (a timeout, a member gone): judge
+      -- by what is there now, or a forceFail that applied would be taken for a
+      -- failure and PgBouncer resumed while the primary moves.
+      local now = self.client:get(self.key)
+      local cur = now and now.kvs and now.kvs[1]
+      if cur and cur.value == new then
+        self.log.warn { event = "cas_ambiguous", what = what, error = tostring(terr), msg = "the write had applied" }
+        return cur.mod_revision
+      end
+      return nil, ("%s: txn: %s"):format(what, tostring(terr))
+    end
     if r.succeeded then return r.revision end
     self.log.debug { event = "cas_retry", what = what, msg = "clusterdata changed underneath, retrying" }
   end
@@ -187,6 +198,9 @@ function M:release_lock()
   return h:unlock()
 end
 
+-- The original is recorded before each write, not after the compare-and-swap
+-- returns: a txn etcd applied whose answer was lost (a timeout, a signal) must still
+-- be restored. restore_sleep_interval leaves alone a write that did not apply.
 function M:shorten_sleep_interval()
   local short = duration.format(self.opts.failover_sleep_interval)
   local original
@@ -195,10 +209,10 @@ function M:shorten_sleep_interval()
     if not cd then return nil, derr end
     original = cd:sleep_interval()
     if not duration.parse(original) then return nil, ("invalid sleepInterval %q"):format(original) end
+    self.ctx.original_sleep_interval, self.ctx.short_sleep_interval = original, short
     return stolon.with_sleep_interval(raw, short)
   end)
   if not rev then return nil, err end
-  self.ctx.original_sleep_interval, self.ctx.short_sleep_interval = original, short
   self.log.info { event = "apply_short_sleep_interval", interval = short, original = original }
   -- stolon components read the interval at their next tick: wait for them as the
   -- original did (two of the old intervals), before anything is paused.
@@ -216,6 +230,7 @@ function M:restore_sleep_interval()
   local rev, err = self:cas("restore_sleep_interval", function(raw)
     local cd, derr = stolon.decode(raw, self.key)
     if not cd then return nil, derr end
+    if cd:sleep_interval() == original then return raw end -- our write never applied
     if cd:sleep_interval() ~= short then
       -- someone changed it meanwhile: theirs wins
       self.log.warn { event = "sleep_interval_changed", found = cd:sleep_interval(), msg = "not restoring" }
@@ -244,9 +259,12 @@ function M:pause()
   return true
 end
 
+-- Each of the two rounds gets at most half the cleanup timeout, so a keeper that does
+-- not answer cannot use up the defer's time before the front ones are sent theirs.
 function M:resume()
   self.log.info { event = "pgbouncer_resume", msg = "requesting all pgbouncers resume" }
-  local function resume(c) return c:resume(self.opts.resume_timeout) end
+  local each = math.min(self.opts.resume_timeout, math.max(0.5, (self.opts.cleanup_timeout - 0.5) / 2))
+  local function resume(c) return c:resume(each) end
   local res, err = self:each("pgbouncer_resume", resume, "keeper")
   -- the front ones last, even when a keeper's resume failed (it expires by itself)
   local res2, err2 = self:each("pgbouncer_resume", resume, "extra")
@@ -440,7 +458,9 @@ function M:plan(p)
 end
 
 -- run(p) -> exit status. Runs p in its own task; INT/TERM/QUIT cancel it (its
--- defers still run: resume, restore, unlock); a second signal exits at once.
+-- defers still run: resume, restore, unlock). Clean-up is never cut short by a
+-- signal: a second one is logged and changes nothing, so every RESUME is sent (each
+-- defer is bounded by --cleanup-timeout; SIGKILL leaves the pauses to expire).
 function M:run(p)
   local o = self.opts
   if o.health_check_only or o.dry_run then
@@ -459,8 +479,11 @@ function M:run(p)
   for _, sig in ipairs { "INT", "TERM", "QUIT" } do
     signals[#signals + 1] = task.on_signal(sig, function(name)
       if self.ctx.interrupted then
-        self.log.error { event = "second_signal", msg = "received second signal, exiting immediately" }
-        os.exit(1)
+        -- Exiting now would skip RESUMEs and leave PgBouncers paused until their
+        -- expiry: clean-up goes on, each undo bounded by --cleanup-timeout.
+        self.log.warn { event = "second_signal", signal = name, cleanup_timeout = o.cleanup_timeout,
+          msg = "clean-up is running and is not interrupted; each undo is bounded by the cleanup timeout" }
+        return
       end
       self.ctx.interrupted = name
       self.log.warn { event = "interrupted", signal = name, msg = "cancelling the failover; clean-up runs" }

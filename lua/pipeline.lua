@@ -4,7 +4,9 @@
 -- still undone. When a step fails (raises, or returns nil, err), or the task is
 -- cancelled (a signal), the remaining steps are skipped and every registered defer
 -- runs, in reverse order, each under the cleanup timeout, even if an earlier defer
--- failed. This is the original tool's Pipeline/Step/Defer, with timings recorded
+-- failed. The defers run under task.shield: a cancel that arrives during clean-up
+-- aborts no defer (only the cleanup timeout bounds one) and is raised once they are
+-- done, at the caller's next yield. This is the original tool's Pipeline/Step/Defer, with timings recorded
 -- for the failover summary.
 --
 --   local p = pipeline.new{ cleanup_timeout = 10 }
@@ -79,6 +81,27 @@ local function record(self, kind, name, t0, ok, err)
   return entry
 end
 
+-- Run one defer under the cleanup timeout -> nil | the failure message.
+local function run_defer(self, d, ctx)
+  emit(self, { phase = "start", kind = "defer", name = d.name })
+  local t0 = task.now()
+  -- call never raises; task.timeout gives call's (ok, err) or nil, msg, "timeout".
+  local pok, r1, r2 = pcall(task.timeout, self.cleanup_timeout, call, d.fn, ctx)
+  local dok, derr
+  if not pok then
+    dok, derr = false, r1
+  elseif r1 == nil then
+    dok, derr = false, r2
+  else
+    dok, derr = r1, r2
+  end
+  record(self, "defer", d.name, t0, dok and true or false, not dok and derr or nil)
+  if not dok then
+    self.log.error { event = "defer_failed", step = d.name, error = tostring(derr) }
+    return ("%s: %s"):format(d.name, tostring(derr))
+  end
+end
+
 -- p:run(ctx) -> true | nil, err. Task only; yields. ctx is passed to every action.
 function M:run(ctx)
   ctx = ctx or {}
@@ -97,26 +120,14 @@ function M:run(ctx)
       break
     end
   end
-  for i = #deferred, 1, -1 do
-    local d = deferred[i]
-    emit(self, { phase = "start", kind = "defer", name = d.name })
-    local t0 = task.now()
-    -- call never raises; task.timeout gives call's (ok, err) or nil, msg, "timeout".
-    local pok, r1, r2 = pcall(task.timeout, self.cleanup_timeout, call, d.fn, ctx)
-    local dok, derr
-    if not pok then
-      dok, derr = false, r1
-    elseif r1 == nil then
-      dok, derr = false, r2
-    else
-      dok, derr = r1, r2
+  -- Under a shield: a signal (a cancel) during clean-up must not abort the undo that
+  -- is running, nor the tasks it runs in (task.all, task.timeout), nor skip the next.
+  task.shield(function()
+    for i = #deferred, 1, -1 do
+      local f = run_defer(self, deferred[i], ctx)
+      failure = failure or f
     end
-    record(self, "defer", d.name, t0, dok and true or false, not dok and derr or nil)
-    if not dok then
-      self.log.error { event = "defer_failed", step = d.name, error = tostring(derr) }
-      failure = failure or ("%s: %s"):format(d.name, tostring(derr))
-    end
-  end
+  end)
   self.report.total = task.now() - t_start
   self.report.ok = failure == nil
   self.report.error = failure

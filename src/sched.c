@@ -39,7 +39,9 @@ struct spgb_task {
     bool cancel_raise; /* raise "cancelled" at the next resume point */
     bool ok;           /* result, valid when state == T_DONE */
     bool root;
-    bool observed; /* its failure is reported by whoever spawned it (all, timeout) */
+    bool observed;    /* its failure is reported by whoever spawned it (all, timeout) */
+    int shield;       /* task.shield depth: a cancel is held while > 0 */
+    bool cancel_held; /* a cancel arrived while shielded: applied when the shield ends */
     spgb_op *op;
     const char *op_name; /* copied at wait: the op may be freed by its cancel */
     uv_timer_t *timer;
@@ -550,6 +552,12 @@ void spgb_task_cancel(spgb_task *t)
 {
     if (t->state == T_DONE || t->cancelled)
         return;
+    if (t->shield > 0) {
+        /* Held whole, children included: they do the shielded work (task.all,
+         * task.timeout) and would otherwise be cancelled under it. */
+        t->cancel_held = true;
+        return;
+    }
     t->cancelled = true;
     for (spgb_task *c = t->child; c; c = c->sibling_next)
         spgb_task_cancel(c);
@@ -646,6 +654,64 @@ static int l_named(lua_State *L)
     snprintf(buf, sizeof buf, "%s", name);
     spgb_task_spawn(L, nargs, buf);
     return 1;
+}
+
+/* task.detached(name, fn, ...) -> handle: spawn (name may be nil) as a child of no
+ * task, so cancelling the caller does not cancel it. For work that must outlive the
+ * task that starts it (a lease's keep-alive); whoever starts it stops it. */
+static int l_detached(lua_State *L)
+{
+    const char *name = luaL_optstring(L, 1, NULL);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    char buf[64];
+    if (name)
+        snprintf(buf, sizeof buf, "%s", name);
+    lua_remove(L, 1);
+    spgb_task *t = spgb_task_spawn(L, lua_gettop(L) - 1, name ? buf : NULL);
+    unlink_child(t);
+    return 1;
+}
+
+/* Leave a shield: a cancel held meanwhile takes effect now, at the task's next
+ * yield point (the shielded function's results are still returned). */
+static void shield_leave(spgb_task *t)
+{
+    if (--t->shield > 0 || !t->cancel_held)
+        return;
+    t->cancel_held = false;
+    if (t->cancelled)
+        t->cancel_raise = true; /* it was pending when the shield began */
+    else
+        spgb_task_cancel(t);
+}
+
+static int shield_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)ctx;
+    shield_leave(spgb_task_of(L));
+    if (status != LUA_OK && status != LUA_YIELD)
+        return lua_error(L);
+    return lua_gettop(L);
+}
+
+/* task.shield(fn, ...) -> fn's results. Task only; yields when fn does. Runs fn(...)
+ * in the calling task with cancellation held off: a cancel of this task (or of one
+ * that spawned it: a signal, an enclosing task.timeout) that arrives meanwhile
+ * reaches neither fn nor the tasks this task spawned until fn returns, then raises
+ * "cancelled" at the next yield point. fn's own timeouts still work. Re-raises fn's
+ * error. For clean-up that must run to completion (the pipeline's defers). */
+static int l_shield(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    spgb_task *t = spgb_task_current(L, "task.shield");
+    t->shield++;
+    if (t->cancel_raise) {
+        /* Cancelled while running, not yet raised: hold that one too. */
+        t->cancel_raise = false;
+        t->cancel_held = true;
+    }
+    int st = lua_pcallk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, 0, shield_k);
+    return shield_k(L, st, 0);
 }
 
 /* sleep: the op completes at its deadline. */
@@ -806,11 +872,11 @@ static int l_current(lua_State *L)
 }
 
 /* task.cancelled() -> true once the running task has been cancelled (cleanup code
- * can check it after catching "cancelled"). */
+ * can check it after catching "cancelled"), or a cancel is held by task.shield. */
 static int l_cancelled(lua_State *L)
 {
     spgb_task *t = spgb_task_of(L);
-    lua_pushboolean(L, t && t->cancelled);
+    lua_pushboolean(L, t && (t->cancelled || t->cancel_held));
     return 1;
 }
 
@@ -1137,6 +1203,8 @@ int luaopen_task(lua_State *L)
         {"on_signal", l_on_signal},
         {"cancelled", l_cancelled},
         {"observed", l_observed},
+        {"detached", l_detached},
+        {"shield", l_shield},
         {"stats", l_stats},
         {"event", l_event},
         {NULL, NULL},

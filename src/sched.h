@@ -4,7 +4,7 @@
  * Provides: the scheduler (one per process, one libuv loop, one Lua state), tasks
  * (one lua_newthread each, anchored in the registry until they finish), the
  * pending-operation protocol every yielding primitive uses, and the Lua module
- * `task` (spawn, all, sleep, timeout, cancel, on_signal, now, yield).
+ * `task` (spawn, detached, all, sleep, timeout, shield, cancel, on_signal, now, yield).
  * Uses: libuv, Lua 5.4.
  *
  * The protocol for a yielding primitive (see DESIGN.md, "The async model"):

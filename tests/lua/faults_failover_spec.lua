@@ -17,6 +17,7 @@ local etcd = require "etcd"
 local http = require "http"
 local pg = require "pg"
 local pgbouncer = require "pgbouncer"
+local stolon = require "stolon"
 local task = require "task"
 
 local HOSTS = { "127.0.3.1", "127.0.3.2", "127.0.3.3" }
@@ -199,4 +200,229 @@ describe("failover and pauser faults", function()
     assert(ok, err)
     assert(D.eventually(5, function() return health(2) end))
   end)
+end)
+
+-- Clean-up under signals (issue 12, items 2, 3 and 8), against fake pausers: HTTP
+-- servers in this spec that answer /health and /pause at once and hold /resume for
+-- as long as a case asks, which no real PgBouncer does on demand. Three keepers on
+-- 127.0.7.1-3 and one extra (proxy) pauser on 127.0.7.10; no sentinel, so a failover
+-- waits for a recovery that never comes.
+--
+-- Addresses and ports: 127.0.7.x only; etcd 22792-22793; fake pausers 26351-26352.
+describe("failover clean-up against slow fake pausers", function()
+  local FHOSTS = { "127.0.7.1", "127.0.7.2", "127.0.7.3" }
+  local EXTRA, FPORT, EXTRA_PORT = "127.0.7.10", 26351, 26352
+  local FCLUSTER = "fake-fo"
+  local FKEY = "stolon/cluster/" .. FCLUSTER .. "/clusterdata"
+  local failover = require "failover"
+  local flags = require "flags"
+  local srv, client
+  local servers = {}
+  -- per fake, by name ("keeper0".."keeper2", "extra"): the requests it saw, and how
+  -- long it holds a /resume
+  local seen, hold = {}, {}
+
+  local function fake(name, host, port)
+    seen[name] = {}
+    servers[#servers + 1] = assert(http.serve { address = host, port = port, handler = function(req)
+      local r = { path = req.path, at = task.now() }
+      seen[name][#seen[name] + 1] = r
+      if req.path == "/health" then return 200, { config = { pool_mode = "transaction" } } end
+      if req.path == "/resume" and (hold[name] or 0) > 0 then task.sleep(hold[name]) end
+      r.done = task.now()
+      return 200, {}
+    end })
+  end
+
+  -- The first request to path that fake name saw, or nil.
+  local function request(name, path)
+    for _, r in ipairs(seen[name]) do
+      if r.path == path then return r end
+    end
+  end
+
+  local function fdoc()
+    local r = assert(client:get(FKEY))
+    return assert(cjson.decode(r.kvs[1].value))
+  end
+
+  local function holders(name)
+    local r = assert(client:get(name or (FKEY .. "/failover"), { prefix = true }))
+    return #r.kvs
+  end
+
+  local function start(extra)
+    local args = { "failover", "--cluster-name", FCLUSTER, "--store-endpoints", srv.endpoints[1],
+      "--pauser-port", tostring(FPORT), "--extra-pauser", EXTRA .. ":" .. EXTRA_PORT, "--metrics-port", "0",
+      "--failover-sleep-interval", "1s", "--health-check-timeout", "1s" }
+    for _, a in ipairs(extra) do args[#args + 1] = a end
+    return D.start(args, { env = { STBOUNCER_FAILOVER_TOKEN = "fake" } })
+  end
+
+  setup(function()
+    srv = E.start { members = 1, hosts = { FHOSTS[1] }, port = 22790 }
+    client = assert(etcd.connect { endpoints = srv.endpoints, timeout = 5 })
+    for i, h in ipairs(FHOSTS) do fake("keeper" .. (i - 1), h, FPORT) end
+    fake("extra", EXTRA, EXTRA_PORT)
+  end)
+
+  before_each(function()
+    local keepers = {}
+    for k, h in ipairs(FHOSTS) do keepers[k] = { uid = "keeper" .. (k - 1), host = h, port = 5432 } end
+    assert(client:put(FKEY, CD.encode(CD.new { keepers = keepers, master = "keeper0", sync = { "keeper1" },
+      sleep_interval = "2s" })))
+    for name in pairs(seen) do
+      seen[name] = {}
+      hold[name] = 0
+    end
+  end)
+
+  teardown(function()
+    for _, s in ipairs(servers) do s:close() end
+    if srv then srv:stop() end
+  end)
+
+  -- Every pauser got a RESUME that it answered, the extra one after every keeper's,
+  -- and the failover logged each as answered.
+  local function assert_all_resumed(logs)
+    local last_keeper = 0
+    for i = 1, 3 do
+      local r = request("keeper" .. (i - 1), "/resume")
+      assert(r and r.done, "keeper" .. (i - 1) .. " got no RESUME\n" .. logs)
+      last_keeper = math.max(last_keeper, r.done)
+      local line = logs:match("[^\n]*event=pgbouncer_resume [^\n]*endpoint=keeper" .. (i - 1) .. "[^\n]*")
+      assert(line and not line:find("error=", 1, true), "keeper" .. (i - 1) .. "'s RESUME was abandoned\n" .. logs)
+    end
+    local x = request("extra", "/resume")
+    assert(x and x.done, "the extra pauser got no RESUME\n" .. logs)
+    assert.is_true(x.at >= last_keeper)
+    assert.is_nil(logs:find("event=defer_failed", 1, true), logs)
+  end
+
+  it("a signal while resume waits on a slow pauser, and a second one, skip no RESUME (item 2)", function()
+    for i = 1, 3 do hold["keeper" .. (i - 1)] = 3 end
+    -- wait_for_recovery gives up by itself (pause expiry), then resume is slow
+    local f = start { "--pause-expiry", "3s", "--cleanup-timeout", "10s" }
+    assert(D.eventually(20, function() return request("keeper0", "/resume") end),
+      "resume did not start\n" .. tostring(f:logs()))
+    f:signal("INT")
+    task.sleep(0.5)
+    f:signal("INT")
+    local code = f.p:wait(30)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    assert_all_resumed(logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+
+  it("keeps the lock through a clean-up longer than --lock-ttl after a signal (item 3)", function()
+    for i = 1, 3 do hold["keeper" .. (i - 1)] = 5 end
+    local f = start { "--pause-expiry", "30s", "--lock-ttl", "2s", "--resume-timeout", "8s",
+      "--cleanup-timeout", "15s" }
+    assert(D.eventually(20, function() return request("extra", "/pause") and request("keeper2", "/pause") end),
+      "failover did not pause\n" .. tostring(f:logs()))
+    f:signal("INT")
+    assert(D.eventually(10, function() return request("keeper0", "/resume") end),
+      "resume did not start\n" .. tostring(f:logs()))
+    task.sleep(3.5) -- > --lock-ttl after the signal, and the RESUMEs are still held
+    assert.is_nil(request("keeper0", "/resume").done)
+    local during = holders()
+    local code = f.p:wait(30)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    assert.equals(1, during, "the lock expired while its holder was still cleaning up\n" .. logs)
+    assert_all_resumed(logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+
+  it("keeps a lease alive after the task that took the lock is cancelled, until unlock (item 3)", function()
+    local name = FKEY .. "/keepalive"
+    local h
+    local t = task.spawn(function()
+      h = assert(client:lock(name, { ttl = 2 }))
+      task.sleep(30)
+    end)
+    assert(D.eventually(5, function() return h end))
+    t:cancel()
+    task.sleep(4)
+    local during = holders(name)
+    assert.is_true(h:unlock())
+    assert.equals(1, during, "the lock's lease ended with the task that took it")
+    assert.equals(0, holders(name))
+  end)
+
+  it("a cancelled lock acquisition deletes its key at once (item 3)", function()
+    local name = FKEY .. "/queue"
+    local held = assert(client:lock(name, { ttl = 30 }))
+    local waiter = task.spawn(function() return client:lock(name, { timeout = 20, ttl = 30 }) end)
+    assert(D.eventually(5, function() return holders(name) == 2 end), "the second lock did not queue")
+    waiter:cancel()
+    local gone = D.eventually(3, function() return holders(name) == 1 end)
+    assert.is_true(held:unlock())
+    assert(gone, "the cancelled acquisition left its key until the lease's TTL")
+    assert.equals(0, holders(name))
+  end)
+
+  it("sends the extra pauser its RESUME even when a keeper's holds longer than the cleanup timeout", function()
+    hold.keeper0 = 8
+    local f = start { "--pause-expiry", "3s", "--resume-timeout", "12s", "--cleanup-timeout", "4s" }
+    local code = f.p:wait(40)
+    local _, logs = f.p:output()
+    assert.equals(1, code, logs)
+    local x = request("extra", "/resume")
+    assert(x and x.done, "the extra pauser got no RESUME\n" .. logs)
+    assert(request("keeper1", "/resume").done and request("keeper2", "/resume").done, logs)
+    assert.equals("2s", fdoc().cluster.spec.sleepInterval)
+    assert.equals(0, holders())
+  end)
+
+  -- A failover object (in this process) whose store client applies every txn and
+  -- then loses the answer: a timeout, after sleeping `stall` seconds when given
+  -- (a cancel cuts that off). f.real is the true client.
+  local function lossy_failover(stall)
+    local opts = assert(flags.parse(failover.flags, { "--cluster-name", FCLUSTER, "--store-endpoints",
+      srv.endpoints[1], "--metrics-port", "0", "--failover-sleep-interval", "1s" }))
+    local f = failover.setup(opts)
+    local real = f.client
+    f.real = real
+    f.client = {
+      get = function(_, ...) return real:get(...) end,
+      txn = function(_, req)
+        assert(real:txn(req))
+        if stall then task.sleep(stall) end
+        return nil, "etcd.txn: timeout", "timeout"
+      end,
+    }
+    return f
+  end
+
+  it("takes a forceFail whose txn applied but timed out for done, not for a failure to undo", function()
+    local f = lossy_failover()
+    local ok, err = f:failkeeper()
+    assert.is_true(fdoc().keepers.keeper0.status.forceFail)
+    assert.is_true(ok, err)
+  end)
+
+  -- A txn etcd applied but whose answer was lost (timeout), or that a cancel cut off:
+  -- restore must still put the original sleepInterval back.
+  it("restores sleepInterval after a compare-and-swap that applied but timed out or was cancelled (item 8)",
+    function()
+      for _, how in ipairs { "timeout", "cancel" } do
+        assert(client:put(FKEY, assert(stolon.with_sleep_interval(client:get(FKEY).kvs[1].value, "2s"))))
+        local f = lossy_failover(how == "cancel" and 30 or nil)
+        local h = task.spawn(function() return f:shorten_sleep_interval() end)
+        if how == "cancel" then
+          assert(D.eventually(5, function() return fdoc().cluster.spec.sleepInterval == "1s" end))
+          h:cancel()
+        end
+        local ok = h:wait(10)
+        assert.equals("1s", fdoc().cluster.spec.sleepInterval, how)
+        assert.equals(how == "timeout", ok, how)
+        f.client = f.real
+        assert.is_true(f:restore_sleep_interval())
+        assert.equals("2s", fdoc().cluster.spec.sleepInterval, how .. ": restore skipped, stolon kept 1s")
+      end
+    end)
 end)

@@ -62,3 +62,58 @@ describe("pipeline", function()
     assert.is_true(undone)
   end)
 end)
+
+describe("pipeline clean-up under cancellation (issue 12, item 2)", function()
+  -- A defer that does its work in child tasks (as resume does, under task.all), and
+  -- a cancel that arrives while it runs: every child must finish, and the defers
+  -- after it must still run.
+  it("a cancel that arrives while a defer runs neither aborts it nor skips the next", function()
+    local sent, undone = {}, false
+    local in_defer = task.event()
+    local h = task.spawn(function()
+      local p = pipeline.new { cleanup_timeout = 10 }
+      p:step("lock", function() end):defer("unlock", function() undone = true end)
+      p:step("pause", function() end):defer("resume", function()
+        in_defer:set()
+        local _, err = task.all {
+          function() task.sleep(0.5) sent[#sent + 1] = "keeper" end,
+        }
+        assert(not err, err)
+        sent[#sent + 1] = "extra"
+      end)
+      p:step("fails", function() return nil, "no recovery" end)
+      return p:run()
+    end)
+    assert(in_defer:wait(5))
+    h:cancel()
+    task.sleep(0.1)
+    h:cancel() -- a second signal
+    local ok, r1, r2 = h:wait(10)
+    assert.is_true(ok, r1)
+    assert.is_nil(r1)
+    assert.equals("fails: no recovery", r2)
+    assert.same({ "keeper", "extra" }, sent)
+    assert.is_true(undone)
+  end)
+
+  it("still bounds a shielded defer by the cleanup timeout", function()
+    local p = pipeline.new { cleanup_timeout = 0.3 }
+    local later = false
+    local h = task.spawn(function()
+      p:step("a", function() end):defer("slow", function() task.sleep(30) end)
+      p:step("b", function() end):defer("fast", function() later = true end)
+      p:step("wait", function() task.sleep(30) end)
+      return p:run()
+    end)
+    task.sleep(0.05)
+    h:cancel()
+    local t0 = task.now()
+    local ok, r1, r2 = h:wait(10)
+    assert.is_true(ok)
+    assert.is_nil(r1)
+    assert.matches("interrupted", r2)
+    assert.is_true(later)
+    assert.is_true(task.now() - t0 < 5)
+    assert.equals("failed", p.report.steps[#p.report.steps].status)
+  end)
+end)
