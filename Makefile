@@ -20,7 +20,7 @@ CFLAGS    ?= -O2 -g
 PKG_CFLAGS = $(shell cat $(BUILD)/pkg-cflags)
 PKG_LIBS   = $(shell cat $(BUILD)/pkg-libs)
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(EXTRA_CFLAGS) $(PKG_CFLAGS) \
-             -DSPGB_VERSION='"$(VERSION)"' -DSPGB_DATADIR='"$(DATADIR)"' -MMD -MP
+             -DSPGB_VERSION='"$(VERSION)"' -MMD -MP
 LDLIBS     = $(PKG_LIBS) -lm
 ALL_LDFLAGS = $(LDFLAGS) $(EXTRA_LDFLAGS)
 
@@ -31,7 +31,13 @@ Q := @
 endif
 
 SRC       := $(filter-out src/main.c,$(wildcard src/*.c))
-OBJ       := $(SRC:src/%.c=$(BUILD)/%.o)
+OBJ       := $(SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/embedded.o
+# lua/ and policies/ go into the binary (tools/embed.c writes $(BUILD)/embedded.c), so
+# an installed binary stands alone; SPGB_LUA_DIR overrides them in development. The
+# list is kept in $(BUILD)/embed.list so that removing a file rebuilds the copy too.
+EMBED_SRC := $(sort $(wildcard lua/*.lua lua/*/*.lua policies/*.lua policies/*/*.lua))
+EMBED_LIST := $(shell mkdir -p $(BUILD) && echo '$(EMBED_SRC)' | cmp -s - $(BUILD)/embed.list || \
+                echo '$(EMBED_SRC)' > $(BUILD)/embed.list; echo $(BUILD)/embed.list)
 MAINOBJ   := $(BUILD)/main.o
 CTESTS    := $(wildcard tests/c/test_*.c)
 CTESTBINS := $(CTESTS:tests/c/%.c=$(BUILD)/tests/%)
@@ -65,6 +71,18 @@ $(BUILD)/%.o: src/%.c
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+$(BUILD)/tools/embed: tools/embed.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -O2 -Wall -Wextra -Werror -o $@ $<
+
+$(BUILD)/embedded.c: $(BUILD)/tools/embed $(EMBED_SRC) $(EMBED_LIST)
+	@$(if $(Q),echo "  EMBED   lua/ policies/")
+	$(Q)$(BUILD)/tools/embed $@ $(EMBED_SRC)
+
+$(BUILD)/embedded.o: $(BUILD)/embedded.c
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(ALL_CFLAGS) -iquote src -c -o $@ $<
+
 $(BUILD)/libspgb.a: $(OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)rm -f $@ && ar rcs $@ $^
@@ -78,8 +96,8 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libspgb.a
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(ALL_CFLAGS) -iquote src $(ALL_LDFLAGS) -o $@ $< $(WHOLE) $(LDLIBS) -lcmocka
 
-# Development: the binary finds lua/ and policies/ next to the checkout through
-# SPGB_LUA_DIR; an installed binary uses $(DATADIR) compiled in.
+# Development: the binary (and every daemon the suites start) loads lua/ and
+# policies/ from the checkout through SPGB_LUA_DIR instead of its embedded copy.
 export SPGB_LUA_DIR := $(CURDIR)
 
 # One suite after another (lint first: it fails fast), whatever -j says; each suite
@@ -116,11 +134,13 @@ asan: all
 valgrind: $(CTESTBINS)
 	$(Q)$(MAKE) check-c VALGRIND="valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99"
 
+# The binary carries lua/ and policies/; the policies are also installed as files
+# to read and copy (`stolon-pgbouncer policy show NAME` prints the same).
 install: $(BIN)
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/policies
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies/examples
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(BIN)
-	install -m 0644 lua/*.lua $(DESTDIR)$(DATADIR)/lua/
 	install -m 0644 policies/*.lua $(DESTDIR)$(DATADIR)/policies/
+	install -m 0644 policies/examples/*.lua $(DESTDIR)$(DATADIR)/policies/examples/
 
 demo: deps all
 	$(Q)./$(BIN) run examples/demo.lua

@@ -10,56 +10,124 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "embedded.h"
 #include "log.h"
 #include "modules.h"
 #include "sched.h"
 
-#ifndef SPGB_DATADIR
-#define SPGB_DATADIR "/usr/local/share/stolon-pgbouncer"
-#endif
-
 static char luadir[PATH_MAX];
-
-static int has_lua_dir(const char *dir)
-{
-    char p[PATH_MAX * 2 + 16];
-    struct stat st;
-    snprintf(p, sizeof p, "%s/lua", dir);
-    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
+static char exedir[PATH_MAX];
 
 const char *spgb_host_luadir(void)
 {
     if (luadir[0])
         return luadir;
     const char *env = getenv("SPGB_LUA_DIR");
-    if (env && *env) {
-        snprintf(luadir, sizeof luadir, "%s", env);
-        return luadir;
+    if (!env || !*env)
+        return NULL;
+    int n = snprintf(luadir, sizeof luadir, "%s", env);
+    if (n < 0 || (size_t)n >= sizeof luadir) {
+        luadir[0] = 0;
+        return NULL;
     }
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = 0;
-            char cand[PATH_MAX * 2];
-            snprintf(cand, sizeof cand, "%s/../share/stolon-pgbouncer", exe);
-            if (has_lua_dir(cand) && realpath(cand, luadir))
-                return luadir;
-            if (has_lua_dir(SPGB_DATADIR)) {
-                snprintf(luadir, sizeof luadir, "%s", SPGB_DATADIR);
-                return luadir;
-            }
-            if (has_lua_dir(exe)) {
-                snprintf(luadir, sizeof luadir, "%s", exe);
-                return luadir;
-            }
+    return luadir;
+}
+
+/* The folder of our own executable (for scripts that start it again), "" when
+ * /proc/self/exe cannot be read. */
+static const char *exe_dir(void)
+{
+    if (exedir[0])
+        return exedir;
+    ssize_t n = readlink("/proc/self/exe", exedir, sizeof exedir - 1);
+    if (n <= 0) {
+        exedir[0] = 0;
+        return exedir;
+    }
+    exedir[n] = 0;
+    char *slash = strrchr(exedir, '/');
+    if (slash)
+        *slash = 0;
+    return exedir;
+}
+
+const spgb_embedded_file *spgb_embedded_find(const char *path)
+{
+    for (const spgb_embedded_file *f = spgb_embedded_files; f->path; f++)
+        if (strcmp(f->path, path) == 0)
+            return f;
+    return NULL;
+}
+
+int spgb_host_load(lua_State *L, const char *rel)
+{
+    const char *dir = spgb_host_luadir();
+    if (dir) {
+        char path[PATH_MAX * 2];
+        int n = snprintf(path, sizeof path, "%s/%s", dir, rel);
+        if (n > 0 && (size_t)n < sizeof path && access(path, F_OK) == 0) {
+            int st = luaL_loadfilex(L, path, "t");
+            return st == LUA_OK ? 1 : -1;
         }
     }
-    snprintf(luadir, sizeof luadir, "%s", SPGB_DATADIR);
-    return luadir;
+    const spgb_embedded_file *f = spgb_embedded_find(rel);
+    if (!f)
+        return 0;
+    lua_pushfstring(L, "@%s", rel);
+    int st = luaL_loadbufferx(L, f->data, f->len, lua_tostring(L, -1), "t");
+    lua_remove(L, -2);
+    return st == LUA_OK ? 1 : -1;
+}
+
+/* package.searchers entry, right after preload: module a.b is lua/a/b.lua or
+ * lua/a/b/init.lua, from $SPGB_LUA_DIR when set and the file is there, else from
+ * the embedded copy. Anything else (busted, cjson) falls through to Lua's own
+ * path searchers. */
+static int searcher(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *p = name; *p; p++)
+        luaL_addchar(&b, *p == '.' ? '/' : *p);
+    luaL_pushresult(&b);
+    const char *mod = lua_tostring(L, -1);
+    static const char *forms[] = {"lua/%s.lua", "lua/%s/init.lua", NULL};
+    for (const char **fmt = forms; *fmt; fmt++) {
+        lua_pushfstring(L, *fmt, mod);
+        const char *rel = lua_tostring(L, -1);
+        int rc = spgb_host_load(L, rel);
+        if (rc < 0)
+            return luaL_error(L, "error loading module '%s':\n\t%s", name, lua_tostring(L, -1));
+        if (rc > 0) {
+            lua_insert(L, -2); /* chunk, rel: the loader and its extra value */
+            return 2;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushfstring(L, "no file 'lua/%s.lua' in %s the embedded copy", mod,
+                    spgb_host_luadir() ? "$SPGB_LUA_DIR or" : "");
+    return 1;
+}
+
+static void install_searcher(lua_State *L)
+{
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchers");
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = n; i >= 2; i--) { /* make room at 2 */
+        lua_rawgeti(L, -1, i);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, searcher);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 1);
+    /* package.spgb_dir: the checkout in development, else our executable's folder
+     * (scripts that start our binary again look for it there). */
+    const char *dir = spgb_host_luadir();
+    lua_pushstring(L, dir ? dir : exe_dir());
+    lua_setfield(L, -2, "spgb_dir");
+    lua_pop(L, 1);
 }
 
 /* Daemons hold a socket per client (the pauser's HTTP server, supervise's etcd
@@ -97,15 +165,7 @@ lua_State *spgb_host_new(void)
         return NULL;
     }
     spgb_modules_preload(L);
-    const char *dir = spgb_host_luadir();
-    lua_getglobal(L, "package");
-    lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
-    lua_setfield(L, -3, "path");
-    lua_pop(L, 1);
-    lua_pushstring(L, dir);
-    lua_setfield(L, -2, "spgb_dir"); /* package.spgb_dir: where lua/ and policies/ are */
-    lua_pop(L, 1);
+    install_searcher(L);
     return L;
 }
 
@@ -127,11 +187,12 @@ void spgb_host_report(lua_State *L, const char *msg, const char *traceback)
     fflush(stderr);
 }
 
-int spgb_host_run_file(lua_State *L, const char *path, int argc, char **argv)
+/* Run the chunk on top of L as the root task with arg = {[0]=name, argv...}. */
+static int run_chunk(lua_State *L, const char *name, int argc, char **argv)
 {
     /* arg as lua(1) builds it: arg[0] the script, arg[1..] its arguments. */
     lua_createtable(L, argc, 1);
-    lua_pushstring(L, path);
+    lua_pushstring(L, name);
     lua_rawseti(L, -2, 0);
     for (int i = 0; i < argc; i++) {
         lua_pushstring(L, argv[i]);
@@ -139,12 +200,6 @@ int spgb_host_run_file(lua_State *L, const char *path, int argc, char **argv)
     }
     lua_setglobal(L, "arg");
 
-    int st = luaL_loadfilex(L, path, "t");
-    if (st != LUA_OK) {
-        spgb_host_report(L, lua_tostring(L, -1), NULL);
-        lua_pop(L, 1);
-        return 1;
-    }
     luaL_checkstack(L, argc + 2, "arguments");
     for (int i = 0; i < argc; i++)
         lua_pushstring(L, argv[i]);
@@ -175,4 +230,32 @@ int spgb_host_run_file(lua_State *L, const char *path, int argc, char **argv)
     }
     lua_settop(L, hidx - 1);
     return code;
+}
+
+int spgb_host_run_file(lua_State *L, const char *path, int argc, char **argv)
+{
+    if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+        spgb_host_report(L, lua_tostring(L, -1), NULL);
+        lua_pop(L, 1);
+        return 1;
+    }
+    return run_chunk(L, path, argc, argv);
+}
+
+int spgb_host_run_policy(lua_State *L, const char *name, int argc, char **argv)
+{
+    char rel[256];
+    int n = snprintf(rel, sizeof rel, "policies/%s.lua", name);
+    if (n < 0 || (size_t)n >= sizeof rel) {
+        fprintf(stderr, "stolon-pgbouncer: policy name too long: %s\n", name);
+        return 1;
+    }
+    int rc = spgb_host_load(L, rel);
+    if (rc <= 0) {
+        spgb_host_report(L, rc < 0 ? lua_tostring(L, -1) : "no such policy", NULL);
+        if (rc < 0)
+            lua_pop(L, 1);
+        return 1;
+    }
+    return run_chunk(L, rel, argc, argv);
 }

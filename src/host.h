@@ -8,15 +8,24 @@
 
 #include <lua.h>
 
-/* New Lua state with the standard libraries, the scheduler, every module in
- * package.preload and package.path pointing at <luadir>/lua. NULL on failure
- * (message printed). */
+/* New Lua state with the standard libraries, the scheduler, every C module in
+ * package.preload and a searcher for our Lua modules (see spgb_host_load). NULL on
+ * failure (message printed). */
 lua_State *spgb_host_new(void);
 /* Cancel what runs, close the state and the loop. */
 void spgb_host_close(lua_State *L);
-/* The folder holding lua/ and policies/: $SPGB_LUA_DIR, else <exe>/../share/
- * stolon-pgbouncer, else the compiled-in data dir, else the executable's folder. */
+/* $SPGB_LUA_DIR (a checkout's lua/ and policies/, for development), or NULL: the
+ * embedded copy is used. */
 const char *spgb_host_luadir(void);
+/* Load a project file, rel being "lua/etcd.lua" or "policies/failover.lua": from
+ * $SPGB_LUA_DIR when set and the file is there (chunk name: its path), else from
+ * the embedded copy (chunk name: rel, so tracebacks read lua/etcd.lua:123). Returns
+ * 1 with the chunk pushed, 0 (nothing pushed) when there is no such file, -1 with
+ * the error message pushed when it does not compile. Does not yield. */
+int spgb_host_load(lua_State *L, const char *rel);
+/* Run policies/<name>.lua (found by spgb_host_load) as spgb_host_run_file does,
+ * with arg[0] = "policies/<name>.lua". */
+int spgb_host_run_policy(lua_State *L, const char *name, int argc, char **argv);
 /* Run path as the root task with arg = {[0]=path, argv...}. Returns the exit
  * status: 0 when it returns (or the integer it returns), 1 with a message and
  * traceback on stderr when it raises or cannot be loaded. */

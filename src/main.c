@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "embedded.h"
 #include "host.h"
 #include "log.h"
 #include "repl.h"
@@ -33,15 +34,16 @@ static void usage(FILE *f)
                "  with-lock    run a command while holding the failover lock\n"
                "  run FILE     run a Lua script with every primitive available\n"
                "  repl         interactive Lua prompt with every primitive loaded\n"
+               "  policy       list the shipped policies, or show one to start a site policy\n"
                "\n"
-               "Each of the first five is a Lua policy; `--policy FILE` runs an edited copy.\n"
+               "Each of the first five is a Lua policy; `--policy FILE` runs an edited copy\n"
+               "(`stolon-pgbouncer policy show failover > site.lua` starts one).\n"
                "`stolon-pgbouncer COMMAND --help` lists a command's flags.\n"
                "Options: --debug (debug logging), --version, --help\n");
 }
 
 static int run_policy(lua_State *L, const char *cmd, int argc, char **argv)
 {
-    char path[PATH_MAX];
     const char *file = NULL;
     /* --policy FILE / --policy=FILE is consumed here; everything else goes to the
      * script, which parses its own flags. */
@@ -60,13 +62,63 @@ static int run_policy(lua_State *L, const char *cmd, int argc, char **argv)
             rest[n++] = argv[i];
         }
     }
-    if (!file) {
-        snprintf(path, sizeof path, "%s/policies/%s.lua", spgb_host_luadir(), cmd);
-        file = path;
-    }
-    int code = spgb_host_run_file(L, file, n, rest);
+    int code = file ? spgb_host_run_file(L, file, n, rest) : spgb_host_run_policy(L, cmd, n, rest);
     free(rest);
     return code;
+}
+
+/* policy list | policy show NAME: the shipped policies, to start a site policy from
+ * (`stolon-pgbouncer policy show failover > site-failover.lua`). NAME is a command
+ * (failover) or an example (examples/refuse-long-transactions). Shows the copy the
+ * commands would run: $SPGB_LUA_DIR's when set, else the embedded one. */
+static int policy_cmd(int argc, char **argv)
+{
+    if (argc == 1 && strcmp(argv[0], "list") == 0) {
+        for (const spgb_embedded_file *f = spgb_embedded_files; f->path; f++) {
+            size_t len = strlen(f->path);
+            if (strncmp(f->path, "policies/", 9) == 0 && len > 13 &&
+                strcmp(f->path + len - 4, ".lua") == 0)
+                printf("%.*s\n", (int)(len - 13), f->path + 9);
+        }
+        return 0;
+    }
+    if (argc != 2 || strcmp(argv[0], "show") != 0) {
+        fprintf(stderr, "usage: stolon-pgbouncer policy list | policy show NAME\n");
+        return 2;
+    }
+    char rel[PATH_MAX];
+    int n = snprintf(rel, sizeof rel, "policies/%s.lua", argv[1]);
+    if (n < 0 || (size_t)n >= sizeof rel || strstr(argv[1], "..")) {
+        fprintf(stderr, "stolon-pgbouncer: policy show: bad name %s\n", argv[1]);
+        return 2;
+    }
+    const char *dir = spgb_host_luadir();
+    if (dir) {
+        char path[PATH_MAX * 2];
+        snprintf(path, sizeof path, "%s/%s", dir, rel);
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            char buf[8192];
+            size_t got;
+            while ((got = fread(buf, 1, sizeof buf, f)) > 0)
+                fwrite(buf, 1, got, stdout);
+            int bad = ferror(f);
+            fclose(f);
+            if (bad) {
+                fprintf(stderr, "stolon-pgbouncer: policy show: cannot read %s\n", path);
+                return 1;
+            }
+            return fflush(stdout) == 0 ? 0 : 1;
+        }
+    }
+    const spgb_embedded_file *e = spgb_embedded_find(rel);
+    if (!e) {
+        fprintf(stderr, "stolon-pgbouncer: no policy %s (see `stolon-pgbouncer policy list`)\n",
+                argv[1]);
+        return 1;
+    }
+    fwrite(e->data, 1, e->len, stdout);
+    return fflush(stdout) == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -100,6 +152,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(cmd, "policy") == 0)
+        return policy_cmd(argc - i, argv + i);
     if (!is_policy && strcmp(cmd, "run") != 0 && strcmp(cmd, "repl") != 0) {
         fprintf(stderr, "stolon-pgbouncer: unknown command \"%s\"\n\n", cmd);
         usage(stderr);

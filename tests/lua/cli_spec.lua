@@ -157,4 +157,51 @@ describe("command line", function()
     os.remove(path)
     proc.run { "rm", "-rf", prefix }
   end)
+
+  -- The binary carries lua/ and policies/: copied alone to an empty folder (another
+  -- machine), with a clean environment, every command and module is there, tracebacks
+  -- name the embedded files, and `policy show` prints what a site policy starts from.
+  it("a binary copied alone runs every command from its embedded lua/ and policies/", function()
+    local dir = assert(os.getenv("SPGB_LUA_DIR"))
+    local tmp = assert(require("fs").tmpdir("spgb-alone"))
+    assert.equals(0, (proc.run { "cp", bin, tmp .. "/stolon-pgbouncer" }))
+    local alone = tmp .. "/stolon-pgbouncer"
+    local clean = { clear_env = true, env = { PATH = "/usr/bin:/bin" }, cwd = tmp, timeout = 30 }
+    local function run_alone(args)
+      local argv = { alone }
+      for _, a in ipairs(args) do argv[#argv + 1] = a end
+      for k, v in pairs(clean) do argv[k] = v end
+      return proc.run(argv)
+    end
+    for _, cmd in ipairs { "supervise", "pauser", "failover", "status", "with-lock" } do
+      local code, out = run_alone { cmd, "--help" }
+      assert.equals(0, code, cmd)
+      assert.matches("usage: stolon%-pgbouncer " .. cmd:gsub("%-", "%%-") .. " ", out)
+    end
+    local path = tmp .. "/mods.lua"
+    local f = assert(io.open(path, "w"))
+    f:write([[
+for _, m in ipairs { "task", "log", "proc", "etcd", "http", "metrics", "pgbouncer", "stolon", "failover",
+                     "common", "flags", "pipeline", "pauser_client", "playground.cluster" } do
+  assert(type(require(m)) == "table", m)
+end
+require("common").find_program(nil)
+]])
+    f:close()
+    local code, _, err = run_alone { "run", path }
+    assert.equals(1, code)
+    assert.matches("stolon%-pgbouncer: lua/common.lua:%d+: attempt to index a nil value", err)
+    assert.matches("\n\tlua/common.lua:%d+: in function 'common.find_program'", err)
+    local out
+    code, out = run_alone { "policy", "list" }
+    assert.equals(0, code)
+    assert.matches("^examples/refuse%-long%-transactions\nfailover\npauser\nstatus\nsupervise\nwith%-lock\n$", out)
+    code, out = run_alone { "policy", "show", "failover" }
+    assert.equals(0, code)
+    assert.equals(assert(require("fs").read(dir .. "/policies/failover.lua")), out)
+    code, _, err = run_alone { "policy", "show", "nosuch" }
+    assert.equals(1, code)
+    assert.matches("no policy nosuch", err, 1, true)
+    proc.run { "rm", "-rf", tmp }
+  end)
 end)
