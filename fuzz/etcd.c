@@ -16,7 +16,7 @@
  *     each returns a table or nil, err, code and never raises.
  *  3. As base64: core.b64dec never writes out of bounds, and decoding what
  *     b64enc produced gives the bytes back; prefix_end of the input.
- * Uses: host, etcd module (its _core table), lua-cjson.
+ * Uses: host, etcd module (its C core, etcd.core), lua-cjson.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const char driver[] =
     "local etcd = require 'etcd'\n"
     "local cjson = require 'cjson.safe'\n"
-    "local core = etcd._core\n"
+    "local core = require 'etcd.core'\n"
     "local reply_status, reply_body = 200, ''\n"
     "core.post = function() return reply_status, reply_body end\n"
     "local c = etcd.connect { endpoints = 'http://127.0.0.1:1,127.0.0.1:2', timeout = 5 }\n"

@@ -2,15 +2,16 @@
  * etcd: the etcd v3 client (module `etcd`), talking to etcd's JSON gateway
  * (/v3/kv/..., /v3/watch, /v3/lease/...) over the shared libcurl multi.
  *
- * Provides: luaopen_etcd (etcd.connect, client methods get/put/delete/txn/compact/
- * watch/lease/lock), and the pure helpers below (base64, key-range end, framing of
+ * Provides: luaopen_etcd_core (`etcd.core`: post, stream, b64enc, b64dec,
+ * prefix_end, under lua/etcd.lua's etcd.connect and client methods get/put/delete/
+ * txn/compact/watch/lease/lock), and the pure helpers below (base64, key-range end, framing of
  * the watch stream's JSON messages), public so the C tests can reach them.
  * Uses: curlm (transfers), sched (tasks, ops), lua-cjson (`cjson.safe`, decoding
  * responses from Lua), task and log modules (lease keep-alive task).
  *
  * Layering: C does transport (POST with failover-friendly error codes, the
  * streaming watch connection and its message framing) and byte work (base64);
- * the API above it is a Lua chunk embedded in etcd.c, so protocol logic (JSON
+ * the API above it is lua/etcd.lua, so protocol logic (JSON
  * shapes, failover, resume-after-reconnect, the lock algorithm) reads as
  * straight-line code.
  */
@@ -21,7 +22,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-int luaopen_etcd(lua_State *L);
+/* The module's C core, preloaded as "etcd.core"; its Lua half is lua/etcd.lua. */
+int luaopen_etcd_core(lua_State *L);
 
 /* Base64 (standard alphabet, padded). encode writes 4*ceil(n/3) bytes to out and
  * returns that length. decode accepts padded or unpadded input, writes at most

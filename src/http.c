@@ -955,74 +955,18 @@ static int l_serve(lua_State *L)
     return 1;
 }
 
-/* The task body of each request and the Lua helpers of the module. */
-static const char http_lua[] =
-    "local M, respond = ...\n"
-    "local ok_cjson, cjson = pcall(require, 'cjson')\n"
-    "local log = require 'log'\n"
-    "local task = require 'task'\n"
-    "local JSON = 'application/json'\n"
-    "local function encode(v)\n"
-    "  if not ok_cjson then error('http: lua-cjson is not installed', 0) end\n"
-    "  return cjson.encode(v)\n"
-    "end\n"
-    "local function fail(req, err, tb)\n"
-    "  if not task.cancelled() then\n"
-    "  log.error { event = 'http_handler_error', msg = tostring(err), method = req.method,\n"
-    "              path = req.path, traceback = tb }\n"
-    "  end\n"
-    "  return 500, '{\"error\":\"internal server error\"}', { ['content-type'] = JSON }\n"
-    "end\n"
-    "local function handle(handler, req)\n"
-    "  local tb\n"
-    "  local ok, status, body, headers = xpcall(handler, function(e)\n"
-    "    tb = debug.traceback(tostring(e), 2); return e end, req)\n"
-    "  if not ok then return fail(req, status, tb) end\n"
-    "  if status == nil then status = 200 end\n"
-    "  local st = math.tointeger(status)\n"
-    "  if not st then\n"
-    "    return fail(req, 'handler returned a non-integer status: ' .. tostring(status))\n"
-    "  end\n"
-    "  status = st\n"
-    "  if headers ~= nil and type(headers) ~= 'table' then\n"
-    "    return fail(req, 'handler returned non-table headers')\n"
-    "  end\n"
-    "  if type(body) == 'table' then\n"
-    "    local eok, text = pcall(encode, body)\n"
-    "    if not eok then return fail(req, 'cannot encode the body as JSON: ' .. tostring(text)) "
-    "end\n"
-    "    local h = { ['content-type'] = JSON }\n"
-    "    for k, v in pairs(headers or {}) do\n"
-    "      if type(k) == 'string' and k:lower() == 'content-type' then h['content-type'] = nil "
-    "end\n"
-    "      h[k] = v\n"
-    "    end\n"
-    "    return status, text, h\n"
-    "  elseif body == nil then body = ''\n"
-    "  elseif type(body) ~= 'string' and type(body) ~= 'number' then\n"
-    "    return fail(req, 'handler returned a ' .. type(body) .. ' body')\n"
-    "  end\n"
-    "  return status, tostring(body), headers\n"
-    "end\n"
-    "local function run(handler, req, ref)\n"
-    "  local ok, status, body, headers = pcall(handle, handler, req)\n"
-    "  if not ok then status, body, headers = fail(req, status) end\n"
-    "  respond(ref, status, body, headers)\n"
-    "end\n"
-    "function M.json(req)\n"
-    "  if type(req) ~= 'table' then error('http.json: expected a request', 2) end\n"
-    "  if not ok_cjson then error('http.json: lua-cjson is not installed', 2) end\n"
-    "  local body = req.body\n"
-    "  if body == nil or body == '' then return nil, 'http.json: empty body', 400 end\n"
-    "  local ok, v = pcall(cjson.decode, body)\n"
-    "  if not ok then return nil, 'http.json: invalid JSON: ' .. tostring(v), 400 end\n"
-    "  return v\n"
-    "end\n"
-    "local hok, httpc = pcall(require, 'httpc')\n"
-    "if hok and type(httpc) == 'table' and httpc.request then M.request = httpc.request end\n"
-    "return M, run\n";
+/* http.core._set_runner(fn): the Lua function every request runs through (lua/http.lua
+ * sets it once when it loads). */
+static int l_set_runner(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_settop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)l_serve);
+    return 0;
+}
 
-int luaopen_http(lua_State *L)
+/* The C core of the http module; lua/http.lua holds the request runner and helpers. */
+int luaopen_http_core(lua_State *L)
 {
     static const luaL_Reg server_methods[] = {
         {"close", l_close},
@@ -1046,13 +990,8 @@ int luaopen_http(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"serve", l_serve}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"serve", l_serve}, {"_respond", l_respond}, {"_set_runner", l_set_runner}, {NULL, NULL}};
     luaL_newlib(L, fns);
-    if (luaL_loadbuffer(L, http_lua, sizeof http_lua - 1, "=http") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, -2);
-    lua_pushcfunction(L, l_respond);
-    lua_call(L, 2, 2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)l_serve); /* the runner */
     return 1;
 }

@@ -18,6 +18,7 @@
 
 #include <lua.h>
 
-int luaopen_http(lua_State *L);
+/* The module's C core, preloaded as "http.core"; its Lua half is lua/http.lua. */
+int luaopen_http_core(lua_State *L);
 
 #endif

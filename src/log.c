@@ -263,34 +263,13 @@ static int l_level(lua_State *L)
     return 1;
 }
 
-/* log.with(fields) -> a logger whose lines all carry fields (e.g. a component). */
-static const char log_lua[] =
-    "local M = ...\n"
-    "function M.with(base)\n"
-    "  local L = {}\n"
-    "  for _, lv in ipairs { 'debug', 'info', 'warn', 'error' } do\n"
-    "    L[lv] = function(a, b)\n"
-    "      local f = {}\n"
-    "      for k, v in pairs(base) do f[k] = v end\n"
-    "      if type(a) == 'table' then for k, v in pairs(a) do f[k] = v end\n"
-    "      else f.msg = a; for k, v in pairs(b or {}) do f[k] = v end end\n"
-    "      return M[lv](f)\n"
-    "    end\n"
-    "  end\n"
-    "  return L\n"
-    "end\n"
-    "return M\n";
-
-int luaopen_log(lua_State *L)
+/* The C core of the log module; lua/log.lua adds log.with. */
+int luaopen_log_core(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"debug", l_debug},         {"info", l_info},   {"warn", l_warn}, {"error", l_error},
         {"set_level", l_set_level}, {"level", l_level}, {NULL, NULL},
     };
     luaL_newlib(L, fns);
-    if (luaL_loadbuffer(L, log_lua, sizeof log_lua - 1, "=log") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, -2);
-    lua_call(L, 1, 1);
     return 1;
 }

@@ -18,6 +18,7 @@ int spgb_log_parse_level(const char *name);
  * with NULL. Values are quoted and escaped as logfmt requires. */
 void spgb_log_write(int level, const char *event, const char *msg, ...);
 
-int luaopen_log(lua_State *L);
+/* The module's C core, preloaded as "log.core"; its Lua half is lua/log.lua. */
+int luaopen_log_core(lua_State *L);
 
 #endif

@@ -782,16 +782,8 @@ static int l_expose(lua_State *L)
     return 1;
 }
 
-/* metrics.handler(req) -> 200, text, headers: an http.serve handler for /metrics. */
-static const char metrics_lua[] = "local M = ...\n"
-                                  "local CT = 'text/plain; version=0.0.4; charset=utf-8'\n"
-                                  "function M.handler(_req)\n"
-                                  "  return 200, M.expose(), { ['content-type'] = CT }\n"
-                                  "end\n"
-                                  "M.content_type = CT\n"
-                                  "return M\n";
-
-int luaopen_metrics(lua_State *L)
+/* The C core of the metrics module; lua/metrics.lua adds the /metrics handler. */
+int luaopen_metrics_core(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"set", l_set}, {"inc", l_inc},   {"dec", l_dec},   {"observe", l_observe},
@@ -809,9 +801,5 @@ int luaopen_metrics(lua_State *L)
         {"expose", l_expose}, {NULL, NULL},
     };
     luaL_newlib(L, fns);
-    if (luaL_loadbuffer(L, metrics_lua, sizeof metrics_lua - 1, "=metrics") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, -2);
-    lua_call(L, 1, 1);
     return 1;
 }

@@ -64,6 +64,7 @@ void spgb_metrics_clear(void);
 int spgb_metrics_valid_name(const char *name);
 int spgb_metrics_valid_label(const char *name);
 
-int luaopen_metrics(lua_State *L);
+/* The module's C core, preloaded as "metrics.core"; its Lua half is lua/metrics.lua. */
+int luaopen_metrics_core(lua_State *L);
 
 #endif

@@ -6,15 +6,14 @@
 /* Weak: a unit not yet linked leaves its pointer NULL. */
 #define SPGB_MOD(n) int luaopen_##n(lua_State *L) __attribute__((weak));
 SPGB_MOD(task)
-SPGB_MOD(log)
-SPGB_MOD(proc)
+SPGB_MOD(log_core)
+SPGB_MOD(proc_core)
 SPGB_MOD(template)
 SPGB_MOD(fs)
-SPGB_MOD(etcd)
+SPGB_MOD(etcd_core)
 SPGB_MOD(pg)
-SPGB_MOD(pgbouncer)
-SPGB_MOD(http)
-SPGB_MOD(metrics)
+SPGB_MOD(http_core)
+SPGB_MOD(metrics_core)
 SPGB_MOD(httpc)
 SPGB_MOD(secure)
 #undef SPGB_MOD
@@ -23,15 +22,14 @@ const spgb_module *spgb_modules(void)
 {
     static const spgb_module mods[] = {
         {"task", luaopen_task},
-        {"log", luaopen_log},
-        {"proc", luaopen_proc},
+        {"log.core", luaopen_log_core},
+        {"proc.core", luaopen_proc_core},
         {"template", luaopen_template},
         {"fs", luaopen_fs},
-        {"etcd", luaopen_etcd},
+        {"etcd.core", luaopen_etcd_core},
         {"pg", luaopen_pg},
-        {"pgbouncer", luaopen_pgbouncer},
-        {"http", luaopen_http},
-        {"metrics", luaopen_metrics},
+        {"http.core", luaopen_http_core},
+        {"metrics.core", luaopen_metrics_core},
         {"httpc", luaopen_httpc},
         {"secure", luaopen_secure},
         {NULL, NULL},

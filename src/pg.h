@@ -38,6 +38,5 @@ int spgb_pg_conninfo(lua_State *L, int idx, const char *what, const char ***keys
 int spgb_pg_push_result(lua_State *L, const PGresult *r, const char *what);
 
 int luaopen_pg(lua_State *L);
-int luaopen_pgbouncer(lua_State *L);
 
 #endif

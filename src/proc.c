@@ -502,49 +502,6 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
-/* proc.run{argv..., timeout=, stop_timeout=, ...spawn options} -> code, stdout, stderr
- * | nil, err. Task only; yields. stdout/stderr default to "capture". On timeout the
- * child is killed (KILL) and nil, "proc.run: X: timeout", "timeout" is returned. A
- * child killed by a signal returns nil, "killed by <SIG>", stdout, stderr. The child
- * never outlives the call: when the wait raises (the task is cancelled), the child
- * gets TERM, then KILL after stop_timeout seconds (default 3), and is reaped before
- * the error goes on (a cancelled task is not cancelled again, so nothing cuts that
- * short). */
-static const char proc_lua[] =
-    "local M = ...\n"
-    "local STOP_TIMEOUT = 3\n"
-    "-- TERM, then KILL after grace seconds; returns once p is reaped (or given up).\n"
-    "local function stop(p, grace)\n"
-    "  p:signal('TERM')\n"
-    "  local _, _, code = p:wait(grace)\n"
-    "  if code ~= 'timeout' then return end\n"
-    "  p:signal('KILL')\n"
-    "  p:wait(grace)\n"
-    "end\n"
-    "function M.run(opts)\n"
-    "  local o = {}\n"
-    "  for k, v in pairs(opts) do o[k] = v end\n"
-    "  o.stdout = o.stdout or 'capture'\n"
-    "  o.stderr = o.stderr or 'capture'\n"
-    "  o.stdin = o.stdin or 'null'\n"
-    "  local grace = opts.stop_timeout or STOP_TIMEOUT\n"
-    "  local p, err, code = M.spawn(o)\n"
-    "  if not p then return nil, err, code end\n"
-    "  local ok, st, sig, wcode = pcall(p.wait, p, opts.timeout)\n"
-    "  if not ok then\n"
-    "    stop(p, grace)\n"
-    "    error(st, 0)\n"
-    "  end\n"
-    "  if st == nil and wcode == 'timeout' then\n"
-    "    p:signal('KILL'); p:wait(grace)\n"
-    "    return nil, 'proc.run: ' .. tostring(opts[1]) .. ': timeout', 'timeout'\n"
-    "  end\n"
-    "  local out, errout = p:output()\n"
-    "  if st == nil then return nil, 'killed by ' .. sig, out, errout end\n"
-    "  return st, out, errout\n"
-    "end\n"
-    "return M\n";
-
 /* At shutdown: close our handles with the callbacks that free each proc (children
  * keep running; only our handles on them go). */
 static void close_all(void)
@@ -558,7 +515,8 @@ static void close_all(void)
     }
 }
 
-int luaopen_proc(lua_State *L)
+/* The C core of the proc module; lua/proc.lua adds proc.run. */
+int luaopen_proc_core(lua_State *L)
 {
     spgb_sched_at_close(close_all);
     static const luaL_Reg methods[] = {
@@ -576,9 +534,5 @@ int luaopen_proc(lua_State *L)
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {{"spawn", l_spawn}, {NULL, NULL}};
     luaL_newlib(L, fns);
-    if (luaL_loadbuffer(L, proc_lua, sizeof proc_lua - 1, "=proc") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, -2);
-    lua_call(L, 1, 1);
     return 1;
 }

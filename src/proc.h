@@ -8,6 +8,7 @@
 
 #include <lua.h>
 
-int luaopen_proc(lua_State *L);
+/* The module's C core, preloaded as "proc.core"; its Lua half is lua/proc.lua. */
+int luaopen_proc_core(lua_State *L);
 
 #endif
