@@ -27,10 +27,6 @@
 
 #include "host.h"
 
-#ifndef SPGB_SOURCE_DIR
-#define SPGB_SOURCE_DIR "."
-#endif
-
 static lua_State *fz_L;
 
 #define FZ_COUNTERS (1u << 16)
@@ -53,7 +49,8 @@ static lua_State *fz_host(void)
 {
     if (fz_L)
         return fz_L;
-    setenv("SPGB_LUA_DIR", SPGB_SOURCE_DIR, 0); /* keeps a value already set */
+    /* lua/ comes from the copy embedded in the harness, as in the binary (or from
+     * $SPGB_LUA_DIR when scripts/fuzz.sh is given FUZZ_LUA_DIR). */
     fz_L = spgb_host_new();
     if (!fz_L)
         abort();

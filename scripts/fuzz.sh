@@ -44,6 +44,14 @@ for src in src/*.c; do
     fi
     objs="$objs $o"
 done
+# lua/ and policies/, embedded as the binary embeds them (the Makefile's rule), so
+# the harnesses load the same Lua code the binary runs.
+mkdir -p "$B/tools"
+cc -std=c11 -O2 -Wall -Wextra -Werror -o "$B/tools/embed" tools/embed.c
+# shellcheck disable=SC2046
+"$B/tools/embed" "$B/embedded.c" $(ls lua/*.lua lua/*/*.lua policies/*.lua policies/*/*.lua | sort)
+$FCC $BASE -fsanitize=fuzzer-no-link $PKG_CFLAGS -iquote src -c -o "$B/obj/embedded.o" "$B/embedded.c"
+objs="$objs $B/obj/embedded.o"
 rm -f "$B/libspgb-fuzz.a"
 ar rcs "$B/libspgb-fuzz.a" $objs
 
@@ -53,17 +61,18 @@ for t in $TARGETS; do
     [ -f "fuzz/$t.c" ] || { echo "fuzz.sh: no harness fuzz/$t.c" >&2; exit 2; }
     echo "  LD      $B/fuzz_$t"
     $FCC $BASE -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
-        -fsanitize=fuzzer -iquote src $PKG_CFLAGS -DSPGB_SOURCE_DIR="\"$ROOT\"" \
+        -fsanitize=fuzzer -iquote src $PKG_CFLAGS \
         -o "$B/fuzz_$t" "fuzz/$t.c" \
         -Wl,--whole-archive "$B/libspgb-fuzz.a" -Wl,--no-whole-archive $PKG_LIBS -lm
 done
 
 [ "$SECS" -gt 0 ] || exit 0
 
-# Lua files are found in the checkout (require "stolon" and friends), unless
-# SPGB_LUA_DIR says otherwise (e.g. a patched copy).
-SPGB_LUA_DIR=${SPGB_LUA_DIR:-$ROOT}
-export SPGB_LUA_DIR
+# Lua modules come from the embedded copy built above, as in the binary, unless
+# SPGB_LUA_DIR says otherwise (e.g. a patched copy). make exports SPGB_LUA_DIR for the
+# suites: drop it unless FUZZ_LUA_DIR asks for one.
+unset SPGB_LUA_DIR
+if [ -n "${FUZZ_LUA_DIR:-}" ]; then SPGB_LUA_DIR=$FUZZ_LUA_DIR; export SPGB_LUA_DIR; fi
 # Leaks are findings too; UBSan prints where.
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
