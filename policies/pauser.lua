@@ -7,11 +7,12 @@
 --   POST /resume   -> 200 {"created_at"}
 --
 -- Every pause carries an expiry: the pauser RESUMEs by itself when it passes. An
--- explicit RESUME or a newer PAUSE cancels an older expiry, so an old timer never
--- resumes a newer pause. At start-up it RESUMEs, in case an earlier process died
--- mid-pause; on TERM/INT/QUIT it RESUMEs a pause it still holds, whose expiry it
--- could no longer honour. With a token, every call needs `Authorization: <token>` (or `Bearer
--- <token>`), compared in constant time.
+-- explicit RESUME clears it and a newer PAUSE replaces it; the expiry is checked
+-- while holding the admin lock, so an older pause's expiry never resumes a newer one.
+-- At start-up it RESUMEs, in case an earlier process died mid-pause; on TERM/INT/QUIT
+-- it RESUMEs a pause it still holds, whose expiry it could no longer honour. With a
+-- token, every call needs `Authorization: <token>` (or `Bearer <token>`), compared in
+-- constant time.
 local common = require "common"
 local flags = require "flags"
 local http = require "http"
@@ -55,7 +56,9 @@ end
 
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local lock = task.mutex()
-local pause_state = { generation = 0, expiry = nil, expires_at = nil }
+-- expires_at: when the pauser must RESUME by itself (wall clock), nil when no pause
+-- is held. Only read and written under `lock`; `changed` wakes the expirer.
+local pause_state = { expires_at = nil, changed = task.event() }
 
 local function iso(t)
   local whole = math.floor(t)
@@ -68,16 +71,8 @@ local function wall()
 end
 pause_state.wall0, pause_state.mono0 = os.time(), task.now()
 
-local function cancel_expiry()
-  if pause_state.expiry then
-    pause_state.expiry:cancel()
-    pause_state.expiry = nil
-  end
-  pause_state.expires_at = nil
-end
-
 local function resume(reason)
-  cancel_expiry()
+  pause_state.expires_at = nil
   local ok, err = admin:resume()
   if ok then m.paused:set(0) end
   L.info { event = "resume", reason = reason, ok = ok and true or false, error = err and tostring(err) or nil }
@@ -113,9 +108,7 @@ local function pause(body)
     return 400, { error = "timeout and expiry must be seconds in (0, 3600]" }
   end
   local created = wall()
-  cancel_expiry()
-  pause_state.generation = pause_state.generation + 1
-  local gen = pause_state.generation
+  pause_state.expires_at = nil
   local ok, err, code = admin:pause(nil, { timeout = timeout })
   if not ok then
     -- the pgbouncer primitive has already dropped the waiting PAUSE and resumed
@@ -127,13 +120,7 @@ local function pause(body)
   end
   m.paused:set(1)
   pause_state.expires_at = created + expiry
-  pause_state.expiry = task.named("pause-expiry", function()
-    task.sleep(math.max(0, pause_state.expires_at - wall()))
-    if pause_state.generation == gen then
-      pause_state.expiry = nil
-      lock:with(resume, "expiry")
-    end
-  end)
+  pause_state.changed:set()
   L.info { event = "paused", expires_at = iso(pause_state.expires_at), timeout = timeout, expiry = expiry }
   return 200, { created_at = iso(created), expires_at = iso(pause_state.expires_at) }
 end
@@ -176,6 +163,28 @@ local function handler(req)
   return status, body
 end
 
+-- The expiry is decided under the lock, never before waiting for it: a /pause that
+-- got the lock first (the mutex does not queue in order) has set a later expires_at,
+-- a /resume has cleared it, and either way this pause is no longer due. One task,
+-- the script's child, so it outlives the request that paused.
+local function resume_if_due()
+  local due = pause_state.expires_at
+  if due and due <= wall() then return resume("expiry") end
+end
+
+local function expire_pauses()
+  while true do
+    local due = pause_state.expires_at
+    local left = due and due - wall()
+    if left and left <= 0 then
+      lock:with(resume_if_due)
+    else
+      pause_state.changed:wait(left or 60)
+    end
+  end
+end
+local expirer = task.named("pause-expiry", expire_pauses)
+
 -- An earlier pauser may have died mid-pause (stolon-pgbouncer#36): resume now.
 local ok, err = lock:with(resume, "startup")
 if not ok then L.warn { event = "startup_resume_failed", error = tostring(err), msg = "PgBouncer not reachable yet" } end
@@ -204,6 +213,7 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do
 end
 stop:wait()
 srv:close()
+expirer:cancel()
 -- A pause we hold would outlive us with nobody left to honour its expiry: resume.
 if pause_state.expires_at then lock:with(resume, "shutdown") end
 return 0
