@@ -10,9 +10,9 @@
 -- explicit RESUME clears it and a newer PAUSE replaces it; the expiry is checked
 -- while holding the admin lock, so an older pause's expiry never resumes a newer one.
 -- At start-up it RESUMEs, in case an earlier process died mid-pause; on TERM/INT/QUIT
--- it RESUMEs a pause it still holds, whose expiry it could no longer honour. With a
--- token, every call needs `Authorization: <token>` (or `Bearer <token>`), compared in
--- constant time.
+-- it RESUMEs whenever a PAUSE may have reached PgBouncer (held, or still in flight),
+-- since nobody would be left to honour the expiry. With a token, every call needs
+-- `Authorization: <token>` (or `Bearer <token>`), compared in constant time.
 local common = require "common"
 local flags = require "flags"
 local http = require "http"
@@ -57,8 +57,10 @@ end
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local lock = task.mutex()
 -- expires_at: when the pauser must RESUME by itself (wall clock), nil when no pause
--- is held. Only read and written under `lock`; `changed` wakes the expirer.
-local pause_state = { expires_at = nil, changed = task.event() }
+-- is held. pause_sent: a PAUSE may have reached PgBouncer since the last RESUME that
+-- succeeded; set before sending it, so a cancel at any point after leaves it set.
+-- Only read and written under `lock`; `changed` wakes the expirer.
+local pause_state = { expires_at = nil, pause_sent = false, changed = task.event() }
 
 local function iso(t)
   local whole = math.floor(t)
@@ -71,10 +73,14 @@ local function wall()
 end
 pause_state.wall0, pause_state.mono0 = os.time(), task.now()
 
-local function resume(reason)
+-- resume(reason [, via=admin]) -> ok | nil, err: RESUME through `via`.
+local function resume(reason, via)
   pause_state.expires_at = nil
-  local ok, err = admin:resume()
-  if ok then m.paused:set(0) end
+  local ok, err = (via or admin):resume()
+  if ok then
+    pause_state.pause_sent = false
+    m.paused:set(0)
+  end
   L.info { event = "resume", reason = reason, ok = ok and true or false, error = err and tostring(err) or nil }
   return ok, err
 end
@@ -109,6 +115,7 @@ local function pause(body)
   end
   local created = wall()
   pause_state.expires_at = nil
+  pause_state.pause_sent = true
   local ok, err, code = admin:pause(nil, { timeout = timeout })
   if not ok then
     -- the pgbouncer primitive has already dropped the waiting PAUSE and resumed
@@ -211,9 +218,20 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do
     stop:set()
   end)
 end
+-- Nobody is left to honour an expiry: RESUME whenever a PAUSE may have reached
+-- PgBouncer, a held one or one in flight. Closing the server cancels a /pause that
+-- waits on PgBouncer and drops its admin connection, but PgBouncer keeps that PAUSE
+-- and pauses once its transactions end. The old connection is closed first (PgBouncer
+-- then forgets the waiter, pgbouncer#715) and the RESUME goes on a fresh one.
+local function resume_on_exit()
+  if not pause_state.pause_sent then return end
+  admin:close()
+  local fresh <close> = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
+  resume("shutdown", fresh)
+end
+
 stop:wait()
 srv:close()
 expirer:cancel()
--- A pause we hold would outlive us with nobody left to honour its expiry: resume.
-if pause_state.expires_at then lock:with(resume, "shutdown") end
+lock:with(resume_on_exit)
 return 0

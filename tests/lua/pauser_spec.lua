@@ -1,5 +1,6 @@
 -- The pauser command against a real PgBouncer: health, pause/resume, expiry,
--- token, start-up RESUME, PAUSE timeout with a transaction held open.
+-- token, start-up RESUME, PAUSE timeout with a transaction held open, RESUME on
+-- TERM mid-PAUSE.
 local P = require "support.pg"
 local D = require "support.daemon"
 local http = require "http"
@@ -155,6 +156,27 @@ describe("pauser", function()
     assert(client:query("ROLLBACK"))
     assert(client:query("SELECT 1"))
     client:close()
+  end)
+
+  -- TERM while a PAUSE waits on an open transaction: the handler is cancelled, but
+  -- PgBouncer keeps the PAUSE and would pause once the transaction ends.
+  it("leaves PgBouncer resumed when TERMed while a PAUSE is in flight", function()
+    local client = assert(pg.connect(bouncer:conninfo("postgres")))
+    assert(client:query("BEGIN"))
+    assert(client:query("SELECT 1"))
+    local pending = task.spawn(http.request, { method = "POST", url = url("/pause"), timeout = 10,
+      headers = { Authorization = token }, body = '{"timeout": 10, "expiry": 30}' })
+    task.sleep(1)
+    assert.equals("waiting", pending:status(), "the PAUSE should still wait on the transaction")
+    local code, _, _, logs = daemon:stop()
+    assert.equals(0, code, logs)
+    pending:wait(10)
+    assert(client:query("ROLLBACK"))
+    client:close()
+    local still_paused = paused()
+    if still_paused then assert(admin:resume()) end
+    daemon = start_pauser()
+    assert.is_false(still_paused, "the pauser stopped and left PgBouncer paused:\n" .. logs)
   end)
 
   it("resumes at start-up a PgBouncer left paused by a dead pauser", function()
