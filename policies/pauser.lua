@@ -139,6 +139,26 @@ local function authorized(req)
   return secure.equal(presented, token)
 end
 
+-- Metric labels and log lines must not grow with what strangers send: the path label
+-- is one of the API's own paths or "other", and a rejected request (401, 404: anyone
+-- who reaches the port can send one) is logged at debug, with one warning a minute
+-- counting them.
+local API_PATHS = { ["/health"] = true, ["/pause"] = true, ["/resume"] = true }
+local rejected = { count = 0, warned_at = -math.huge }
+
+local function log_request(req, status)
+  local fields = { event = "request", method = req.method, path = req.path:sub(1, 128), status = status,
+    remote = req.remote }
+  if status ~= 401 and status ~= 404 then return L.info(fields) end
+  L.debug(fields)
+  rejected.count = rejected.count + 1
+  if task.now() - rejected.warned_at >= 60 then
+    L.warn { event = "requests_rejected", count = rejected.count, last_status = status, last_remote = req.remote,
+      msg = "unauthorized or unknown requests since the last warning (each is logged at debug)" }
+    rejected.count, rejected.warned_at = 0, task.now()
+  end
+end
+
 local function handler(req)
   local status, body
   if not authorized(req) then
@@ -160,13 +180,13 @@ local function handler(req)
     else
       status, body = 500, { error = "failed to resume pgbouncer: " .. tostring(err) }
     end
-  elseif req.path == "/health" or req.path == "/pause" or req.path == "/resume" then
+  elseif API_PATHS[req.path] then
     status, body = 405, { error = "method not allowed" }
   else
     status, body = 404, { error = "not found" }
   end
-  m.pauses:inc(1, { path = req.path:match("^/%a*") or "/", status = tostring(status) })
-  L.info { event = "request", method = req.method, path = req.path, status = status, remote = req.remote }
+  m.pauses:inc(1, { path = API_PATHS[req.path] and req.path or "other", status = tostring(status) })
+  log_request(req, status)
   return status, body
 end
 

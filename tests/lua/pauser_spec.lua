@@ -1,6 +1,6 @@
 -- The pauser command against a real PgBouncer: health, pause/resume, expiry,
 -- token, start-up RESUME, PAUSE timeout with a transaction held open, RESUME on
--- TERM mid-PAUSE.
+-- TERM mid-PAUSE, bounded metrics and logs under junk requests.
 local P = require "support.pg"
 local D = require "support.daemon"
 local http = require "http"
@@ -11,7 +11,7 @@ local cjson = require "cjson"
 
 describe("pauser", function()
   local db, bouncer, admin, dir
-  local port, token = nil, "s3cret-token"
+  local port, metrics_port, token = nil, nil, "s3cret-token"
   local daemon
 
   local function url(path) return ("http://127.0.0.1:%d%s"):format(port, path) end
@@ -39,7 +39,7 @@ describe("pauser", function()
 
   local function start_pauser(extra)
     local args = { "pauser", "--bind-address", "127.0.0.1:" .. port, "--pgbouncer-host", "127.0.0.1",
-      "--pgbouncer-port", tostring(bouncer.port), "--metrics-port", "0", "--token-file", dir .. "/token" }
+      "--pgbouncer-port", tostring(bouncer.port), "--metrics-port", tostring(metrics_port), "--token-file", dir .. "/token" }
     for _, a in ipairs(extra or {}) do args[#args + 1] = a end
     local d = D.start(args)
     D.eventually(10, function()
@@ -56,6 +56,7 @@ describe("pauser", function()
     dir = P.tmpdir("spgb-pauser")
     D.write_file(dir .. "/token", token .. "\n", "0600")
     port = P.free_port()
+    metrics_port = P.free_port()
     daemon = start_pauser()
   end)
 
@@ -177,6 +178,33 @@ describe("pauser", function()
     if still_paused then assert(admin:resume()) end
     daemon = start_pauser()
     assert.is_false(still_paused, "the pauser stopped and left PgBouncer paused:\n" .. logs)
+  end)
+
+  -- Junk requests, unauthenticated ones included, must not add metric series or
+  -- info log lines without bound: paths are labelled as known or "other".
+  it("keeps its metrics and logs bounded whatever paths are requested", function()
+    local function series()
+      local res = assert(http.request { url = ("http://127.0.0.1:%d/metrics"):format(metrics_port), timeout = 5 })
+      local n = 0
+      for line in res.body:gmatch("[^\n]+") do
+        if line:find("^stolon_pgbouncer_pauser_requests_total{") then n = n + 1 end
+      end
+      return n, #res.body
+    end
+    local before = series()
+    for i = 1, 300 do
+      local path = "/" .. string.char(97 + i % 26, 97 + (i // 26) % 26, 97 + i // 676)
+      call("GET", path, nil, i % 3 == 0 and token or nil)
+    end
+    local after, size = series()
+    assert.is_true(after - before <= 3, ("300 junk paths added %d series (%d bytes of /metrics)")
+      :format(after - before, size))
+    local logged = 0
+    for line in daemon:logs():gmatch("[^\n]+") do
+      if line:find("level=info", 1, true) and line:find("status=401", 1, true) then logged = logged + 1 end
+    end
+    assert.is_true(logged <= 5, ("200 unauthorized requests logged %d info lines"):format(logged))
+    assert.matches("event=requests_rejected", daemon:logs())
   end)
 
   it("resumes at start-up a PgBouncer left paused by a dead pauser", function()
