@@ -3,12 +3,13 @@
 --
 --   GET  /health   200 {"status":"healthy",...} | 503 {"status":"unhealthy","components":[...]}
 --   POST /pause    {"timeout": s, "expiry": s} -> 200 {"created_at","expires_at"} | 504 (not
---                  paused in time: PgBouncer is left resumed)
+--                  paused in time) | 500: after a failure PgBouncer is left resumed
 --   POST /resume   -> 200 {"created_at"}
 --
 -- Every pause carries an expiry: the pauser RESUMEs by itself when it passes. An
 -- explicit RESUME clears it and a newer PAUSE replaces it; the expiry is checked
 -- while holding the admin lock, so an older pause's expiry never resumes a newer one.
+-- A RESUME it owes and that fails is tried again until one succeeds.
 -- At start-up it RESUMEs, in case an earlier process died mid-pause; on TERM/INT/QUIT
 -- it RESUMEs whenever a PAUSE may have reached PgBouncer (held, or still in flight),
 -- since nobody would be left to honour the expiry. With a token, every call needs
@@ -56,11 +57,12 @@ end
 
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local lock = task.mutex()
--- expires_at: when the pauser must RESUME by itself (wall clock), nil when no pause
--- is held. pause_sent: a PAUSE may have reached PgBouncer since the last RESUME that
+-- expires_at: when the pauser owes PgBouncer a RESUME (wall clock: a pause's expiry,
+-- or now after a RESUME that failed), for `reason`; nil when it owes none.
+-- pause_sent: a PAUSE may have reached PgBouncer since the last RESUME that
 -- succeeded; set before sending it, so a cancel at any point after leaves it set.
 -- Only read and written under `lock`; `changed` wakes the expirer.
-local pause_state = { expires_at = nil, pause_sent = false, changed = task.event() }
+local pause_state = { expires_at = nil, reason = nil, pause_sent = false, changed = task.event() }
 
 local function iso(t)
   local whole = math.floor(t)
@@ -73,12 +75,19 @@ local function wall()
 end
 pause_state.wall0, pause_state.mono0 = os.time(), task.now()
 
--- resume(reason [, via=admin]) -> ok | nil, err: RESUME through `via`.
+-- owe_resume(at, reason): the pauser RESUMEs at `at`, and from then on tries again
+-- until a RESUME succeeds. Under `lock`.
+local function owe_resume(at, reason)
+  pause_state.expires_at, pause_state.reason, pause_state.pause_sent = at, reason, true
+  pause_state.changed:set()
+end
+
+-- resume(reason [, via=admin]) -> ok | nil, err: RESUME through `via`. Only a RESUME
+-- that succeeded settles what the pauser owes; after a failure the expirer retries.
 local function resume(reason, via)
-  pause_state.expires_at = nil
   local ok, err = (via or admin):resume()
   if ok then
-    pause_state.pause_sent = false
+    pause_state.expires_at, pause_state.pause_sent = nil, false
     m.paused:set(0)
   end
   L.info { event = "resume", reason = reason, ok = ok and true or false, error = err and tostring(err) or nil }
@@ -114,20 +123,22 @@ local function pause(body)
     return 400, { error = "timeout and expiry must be seconds in (0, 3600]" }
   end
   local created = wall()
-  pause_state.expires_at = nil
   pause_state.pause_sent = true
   local ok, err, code = admin:pause(nil, { timeout = timeout })
   if not ok then
-    -- the pgbouncer primitive has already dropped the waiting PAUSE and resumed
+    -- A failed pause leaves PgBouncer resumed, an earlier pause included. After a
+    -- timeout the pgbouncer primitive has dropped the waiting PAUSE and resumed, but
+    -- a PAUSE whose connection failed stays pending in PgBouncer, and a RESUME that
+    -- fails is owed until one succeeds.
     L.error { event = "pause_failed", error = tostring(err), code = tostring(code) }
+    if not resume("pause_failed") then owe_resume(wall(), "pause_failed") end
     if code == "timeout" then
       return 504, { error = "exceeded pause timeout: " .. tostring(err) }
     end
     return 500, { error = tostring(err) }
   end
   m.paused:set(1)
-  pause_state.expires_at = created + expiry
-  pause_state.changed:set()
+  owe_resume(created + expiry, "expiry")
   L.info { event = "paused", expires_at = iso(pause_state.expires_at), timeout = timeout, expiry = expiry }
   return 200, { created_at = iso(created), expires_at = iso(pause_state.expires_at) }
 end
@@ -193,20 +204,25 @@ end
 -- The expiry is decided under the lock, never before waiting for it: a /pause that
 -- got the lock first (the mutex does not queue in order) has set a later expires_at,
 -- a /resume has cleared it, and either way this pause is no longer due. One task,
--- the script's child, so it outlives the request that paused.
+-- the script's child, so it outlives the request that paused. A RESUME that fails
+-- is tried again, backing off from 1 s to 30 s.
 local function resume_if_due()
   local due = pause_state.expires_at
-  if due and due <= wall() then return resume("expiry") end
+  if not due or due > wall() then return true end
+  return resume(pause_state.reason)
 end
 
 local function expire_pauses()
+  local retry, last_due = 1, nil
   while true do
     local due = pause_state.expires_at
+    if due ~= last_due then retry, last_due = 1, due end
     local left = due and due - wall()
-    if left and left <= 0 then
-      lock:with(resume_if_due)
-    else
+    if not left or left > 0 then
       pause_state.changed:wait(left or 60)
+    elseif not lock:with(resume_if_due) then
+      pause_state.changed:wait(retry)
+      retry = math.min(retry * 2, 30)
     end
   end
 end
@@ -214,7 +230,10 @@ local expirer = task.named("pause-expiry", expire_pauses)
 
 -- An earlier pauser may have died mid-pause (stolon-pgbouncer#36): resume now.
 local ok, err = lock:with(resume, "startup")
-if not ok then L.warn { event = "startup_resume_failed", error = tostring(err), msg = "PgBouncer not reachable yet" } end
+if not ok then
+  L.warn { event = "startup_resume_failed", error = tostring(err), msg = "PgBouncer not reachable yet: retrying" }
+  lock:with(owe_resume, wall(), "startup")
+end
 
 common.serve_metrics(opts)
 local srv, serr = http.serve {
@@ -247,7 +266,10 @@ local function resume_on_exit()
   if not pause_state.pause_sent then return end
   admin:close()
   local fresh <close> = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
-  resume("shutdown", fresh)
+  local resumed, rerr = resume("shutdown", fresh)
+  if not resumed then
+    L.error { event = "shutdown_resume_failed", error = tostring(rerr), msg = "PgBouncer may be left paused" }
+  end
 end
 
 stop:wait()

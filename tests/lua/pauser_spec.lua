@@ -1,6 +1,7 @@
 -- The pauser command against a real PgBouncer: health, pause/resume, expiry,
 -- token, start-up RESUME, PAUSE timeout with a transaction held open, RESUME on
--- TERM mid-PAUSE, bounded metrics and logs under junk requests.
+-- TERM mid-PAUSE, bounded metrics and logs under junk requests, RESUMEs that fail
+-- tried again.
 local P = require "support.pg"
 local D = require "support.daemon"
 local http = require "http"
@@ -28,25 +29,64 @@ describe("pauser", function()
 
   -- Whether PgBouncer holds queries: a whole-pooler PAUSE shows in no SHOW column in
   -- PgBouncer 1.18 (no SHOW STATE), so ask the way a client notices.
+  -- A login held is a pause too: a PgBouncer that restarted paused has no server
+  -- parameters to greet a client with yet. A probe dropped while PgBouncer waits for a
+  -- server login counts as a failed login: PgBouncer then refuses logins for
+  -- server_login_retry (1 s); ask again.
   local function paused()
-    local conn = assert(pg.connect(bouncer:conninfo("postgres"), { timeout = 3 }))
-    local rows, err, code = conn:query_opts { sql = "SELECT 1", timeout = 0.5 }
-    conn:close()
-    if rows then return false end
-    assert(code == "timeout", err)
-    return true
+    for _ = 1, 3 do
+      local conn, cerr, ccode = pg.connect(bouncer:conninfo("postgres"), { timeout = 3 })
+      if not conn then
+        assert(ccode == "timeout", cerr)
+        return true
+      end
+      local rows, err, code = conn:query_opts { sql = "SELECT 1", timeout = 0.5 }
+      conn:close()
+      if rows then return false end
+      if code == "timeout" then return true end
+      assert(tostring(err):find("server login has been failing", 1, true), err)
+      task.sleep(1.1)
+    end
+    error("PgBouncer kept refusing logins")
   end
 
-  local function start_pauser(extra)
-    local args = { "pauser", "--bind-address", "127.0.0.1:" .. port, "--pgbouncer-host", "127.0.0.1",
+  local function healthy()
+    local res = http.request { url = url("/health"), headers = { Authorization = token }, timeout = 1 }
+    return res and res.status == 200
+  end
+
+  -- The pauser reaches PgBouncer through its unix socket (the default), the spec
+  -- through TCP: hiding the socket file makes the pauser's new admin connections
+  -- fail while PgBouncer and the spec's connections carry on.
+  local function start_pauser(o)
+    local d = D.start { "pauser", "--bind-address", "127.0.0.1:" .. port, "--pgbouncer-socket-dir", bouncer.socket_dir,
       "--pgbouncer-port", tostring(bouncer.port), "--metrics-port", tostring(metrics_port), "--token-file", dir .. "/token" }
-    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-    local d = D.start(args)
-    D.eventually(10, function()
-      local res = http.request { url = url("/health"), headers = { Authorization = token }, timeout = 1 }
-      return res and res.status == 200
-    end)
+    if not (o and o.nowait) then D.eventually(10, healthy) end
     return d
+  end
+
+  local function socket() return ("%s/.s.PGSQL.%d"):format(bouncer.socket_dir, bouncer.port) end
+
+  -- cut_off(restart, fn): PAUSE PgBouncer behind the pauser's back and run fn while
+  -- the pauser cannot reach PgBouncer. restart first: the pauser's admin connection
+  -- is gone and PgBouncer stands for one that kept the pause.
+  local function cut_off(restart, fn)
+    if restart then bouncer:restart() end
+    assert(os.rename(socket(), socket() .. ".hidden"))
+    local ok, err = pcall(function()
+      assert(admin:pause())
+      fn()
+    end)
+    assert(os.rename(socket() .. ".hidden", socket()))
+    assert(ok, err)
+  end
+
+  -- Whether PgBouncer gets resumed within `seconds`; resumes it when not, so the
+  -- specs after still start from a resumed PgBouncer.
+  local function resumed_within(seconds)
+    local ok = D.eventually(seconds, function() return not paused() end)
+    if not ok then assert(admin:resume()) end
+    return ok and true or false
   end
 
   setup(function()
@@ -205,6 +245,39 @@ describe("pauser", function()
     end
     assert.is_true(logged <= 5, ("200 unauthorized requests logged %d info lines"):format(logged))
     assert.matches("event=requests_rejected", daemon:logs())
+  end)
+
+  -- PgBouncer restarts and is paused again behind the pauser's back (standing for a
+  -- PgBouncer that kept the pause) while the pauser cannot reach it: the RESUME at the
+  -- expiry fails, and the pauser still owes it.
+  it("retries a RESUME at expiry that failed until PgBouncer answers", function()
+    assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 3}', token)))
+    cut_off(true, function()
+      assert(D.eventually(10, function() return daemon:logs():find("ok=false reason=expiry", 1, true) end),
+        "the RESUME at expiry did not fail")
+    end)
+    assert.is_true(resumed_within(20), "the failed RESUME at expiry was never tried again")
+  end)
+
+  -- A /pause that fails must leave PgBouncer resumed, an earlier pause included, and
+  -- must not cancel the RESUME the earlier pause is owed.
+  it("still owes a RESUME after a /pause that failed", function()
+    assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 60}', token)))
+    cut_off(true, function()
+      assert.equals(500, (call("POST", "/pause", '{"timeout": 1, "expiry": 60}', token)))
+    end)
+    assert.is_true(resumed_within(20), "after the failed /pause PgBouncer stayed paused")
+  end)
+
+  it("retries the start-up RESUME until PgBouncer answers", function()
+    daemon:stop()
+    cut_off(false, function() -- PgBouncer as a pauser that died mid-pause left it
+      daemon = start_pauser { nowait = true }
+      assert(D.eventually(10, function() return daemon:logs():find("startup_resume_failed", 1, true) end),
+        "the start-up RESUME did not fail")
+    end)
+    assert.is_true(resumed_within(20), "the failed start-up RESUME was never tried again")
+    assert.is_true(D.eventually(10, healthy))
   end)
 
   it("resumes at start-up a PgBouncer left paused by a dead pauser", function()
