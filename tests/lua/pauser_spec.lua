@@ -27,28 +27,7 @@ describe("pauser", function()
     return res.status, cjson.decode(res.body ~= "" and res.body or "{}")
   end
 
-  -- Whether PgBouncer holds queries: a whole-pooler PAUSE shows in no SHOW column in
-  -- PgBouncer 1.18 (no SHOW STATE), so ask the way a client notices.
-  -- A login held is a pause too: a PgBouncer that restarted paused has no server
-  -- parameters to greet a client with yet. A probe dropped while PgBouncer waits for a
-  -- server login counts as a failed login: PgBouncer then refuses logins for
-  -- server_login_retry (1 s); ask again.
-  local function paused()
-    for _ = 1, 3 do
-      local conn, cerr, ccode = pg.connect(bouncer:conninfo("postgres"), { timeout = 3 })
-      if not conn then
-        assert(ccode == "timeout", cerr)
-        return true
-      end
-      local rows, err, code = conn:query_opts { sql = "SELECT 1", timeout = 0.5 }
-      conn:close()
-      if rows then return false end
-      if code == "timeout" then return true end
-      assert(tostring(err):find("server login has been failing", 1, true), err)
-      task.sleep(1.1)
-    end
-    error("PgBouncer kept refusing logins")
-  end
+  local function paused() return bouncer:paused() end
 
   local function healthy()
     local res = http.request { url = url("/health"), headers = { Authorization = token }, timeout = 1 }
