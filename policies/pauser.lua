@@ -202,8 +202,8 @@ local function handler(req)
 end
 
 -- The expiry is decided under the lock, never before waiting for it: a /pause that
--- got the lock first (the mutex does not queue in order) has set a later expires_at,
--- a /resume has cleared it, and either way this pause is no longer due. One task,
+-- got the lock first (it queued before the expiry came due) has set a later
+-- expires_at, a /resume has cleared it, and either way this pause is no longer due. One task,
 -- the script's child, so it outlives the request that paused. A RESUME that fails
 -- is tried again, backing off from 1 s to 30 s.
 local function resume_if_due()

@@ -129,31 +129,52 @@ describe("pauser", function()
     assert.is_false(paused())
   end)
 
-  -- The first pause's expiry comes due while a /health holds the pauser's mutex
-  -- (PgBouncer is stopped, so SHOW hangs) and a newer /pause queues behind it: the
-  -- newer pause must keep PgBouncer paused until its own expiry.
-  it("never lets an expiry that waited behind a slow request resume a newer pause", function()
-    assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 1}', token)))
+  -- queue_behind_slow_health(requests [, hold=0.3]): with PgBouncer stopped a /health
+  -- hangs holding the pauser's lock; each { delay, method, path, body } is sent
+  -- `delay` s after the one before and queues behind it. `hold` s after the last,
+  -- PgBouncer goes on, and every request must answer 200.
+  local function queue_behind_slow_health(requests, hold)
     assert(bouncer:signal("STOP"))
     local ok, err = pcall(function()
-      local slow = task.spawn(call, "GET", "/health", nil, token)
-      task.sleep(1.5)
-      local newer = task.spawn(call, "POST", "/pause", '{"timeout": 5, "expiry": 30}', token)
-      task.sleep(0.5)
+      local hs = { task.spawn(call, "GET", "/health", nil, token) }
+      for _, r in ipairs(requests) do
+        task.sleep(r[1])
+        hs[#hs + 1] = task.spawn(call, r[2], r[3], r[4], token)
+      end
+      task.sleep(hold or 0.3)
       assert(bouncer:signal("CONT"))
-      local done, status = slow:wait(10)
-      assert.is_true(done, status)
-      assert.equals(200, status, "the slow /health")
-      done, status = newer:wait(10)
-      assert.is_true(done, status)
-      assert.equals(200, status, "the newer /pause")
+      for i, h in ipairs(hs) do
+        local done, status = h:wait(10)
+        assert.is_true(done, status)
+        assert.equals(200, status, "request " .. i)
+      end
     end)
     bouncer:signal("CONT")
     assert(ok, err)
-    task.sleep(1)
-    assert.is_true(paused(), "the first pause's expiry resumed the newer pause")
-    assert.equals(200, (call("POST", "/resume", "{}", token)))
+  end
+
+  -- The first pause's expiry comes due while a /health holds the pauser's lock and a
+  -- newer /pause queues behind it, before the expiry or after: the newer pause must
+  -- keep PgBouncer paused until its own expiry, whichever the lock serves first.
+  it("never lets an expiry that waited behind a slow request resume a newer pause", function()
+    for _, t in ipairs { { queued_after = 1.5, hold = 0.3 }, { queued_after = 0.3, hold = 1.5 } } do
+      assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 1}', token)))
+      queue_behind_slow_health({ { t.queued_after, "POST", "/pause", '{"timeout": 5, "expiry": 30}' } }, t.hold)
+      task.sleep(1)
+      assert.is_true(paused(), ("the first pause's expiry resumed the newer pause (queued after %gs)")
+        :format(t.queued_after))
+      assert.equals(200, (call("POST", "/resume", "{}", token)))
+    end
     assert.is_false(paused())
+  end)
+
+  -- A client's /pause then /resume, queued behind a slow /health, must be served
+  -- in that order: the other way round PgBouncer stays paused until the expiry.
+  it("serves requests waiting for PgBouncer in the order they came", function()
+    queue_behind_slow_health { { 0.3, "POST", "/pause", '{"timeout": 5, "expiry": 30}' }, { 0.3, "POST", "/resume", "{}" } }
+    local still_paused = paused()
+    if still_paused then assert(admin:resume()) end
+    assert.is_false(still_paused, "the /resume ran before the /pause that came first")
   end)
 
   it("rejects bad requests", function()
