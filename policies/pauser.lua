@@ -178,8 +178,8 @@ local function handler(req)
     status, body = lock:with(health)
   elseif req.path == "/pause" and req.method == "POST" then
     local args, jerr = http.json(req)
-    if not args then
-      status, body = 400, { error = "invalid JSON body: " .. tostring(jerr) }
+    if type(args) ~= "table" then
+      status, body = 400, { error = "invalid JSON body: " .. tostring(jerr or "expected an object") }
     else
       status, body = lock:with(pause, args)
     end

@@ -179,6 +179,8 @@ describe("pauser", function()
 
   it("rejects bad requests", function()
     assert.equals(400, (call("POST", "/pause", "{not json", token)))
+    assert.equals(400, (call("POST", "/pause", "1", token)))
+    assert.equals(400, (call("POST", "/pause", "null", token)))
     assert.equals(400, (call("POST", "/pause", '{"timeout": -1, "expiry": 1}', token)))
     assert.equals(405, (call("GET", "/pause", nil, token)))
     assert.equals(404, (call("GET", "/nope", nil, token)))
