@@ -94,7 +94,17 @@ local function resume(reason, via)
   return ok, err
 end
 
+-- resume_if_due() -> true when nothing is owed now | resume's results. Under `lock`.
+local function resume_if_due()
+  local due = pause_state.expires_at
+  if not due or due > wall() then return true end
+  return resume(pause_state.reason)
+end
+
 local function health()
+  -- A RESUME owed since one failed is tried first: PgBouncer may answer now, and
+  -- `paused` then reports what holds rather than what the backoff has not retried.
+  resume_if_due()
   local rows, err = admin:show("DATABASES")
   if not rows then
     return 503, { status = "unhealthy", components = { { name = "pgbouncer", status = "unhealthy", error = tostring(err) } } }
@@ -203,15 +213,9 @@ end
 
 -- The expiry is decided under the lock, never before waiting for it: a /pause that
 -- got the lock first (it queued before the expiry came due) has set a later
--- expires_at, a /resume has cleared it, and either way this pause is no longer due. One task,
--- the script's child, so it outlives the request that paused. A RESUME that fails
--- is tried again, backing off from 1 s to 30 s.
-local function resume_if_due()
-  local due = pause_state.expires_at
-  if not due or due > wall() then return true end
-  return resume(pause_state.reason)
-end
-
+-- expires_at, a /resume has cleared it, and either way this pause is no longer due.
+-- One task, the script's child, so it outlives the request that paused. A RESUME
+-- that fails is tried again, backing off from 1 s to 30 s (and at every /health).
 local function expire_pauses()
   local retry, last_due = 1, nil
   while true do
