@@ -3,15 +3,17 @@
 --
 --   GET  /health   200 {"status":"healthy",...} | 503 {"status":"unhealthy","components":[...]}
 --   POST /pause    {"timeout": s, "expiry": s} -> 200 {"created_at","expires_at"} | 504 (not
---                  paused in time: PgBouncer is left resumed)
+--                  paused in time) | 500: after a failure PgBouncer is left resumed
 --   POST /resume   -> 200 {"created_at"}
 --
 -- Every pause carries an expiry: the pauser RESUMEs by itself when it passes. An
--- explicit RESUME or a newer PAUSE cancels an older expiry, so an old timer never
--- resumes a newer pause. At start-up it RESUMEs, in case an earlier process died
--- mid-pause; on TERM/INT/QUIT it RESUMEs a pause it still holds, whose expiry it
--- could no longer honour. With a token, every call needs `Authorization: <token>` (or `Bearer
--- <token>`), compared in constant time.
+-- explicit RESUME clears it and a newer PAUSE replaces it; the expiry is checked
+-- while holding the admin lock, so an older pause's expiry never resumes a newer one.
+-- A RESUME it owes and that fails is tried again until one succeeds.
+-- At start-up it RESUMEs, in case an earlier process died mid-pause; on TERM/INT/QUIT
+-- it RESUMEs whenever a PAUSE may have reached PgBouncer (held, or still in flight),
+-- since nobody would be left to honour the expiry. With a token, every call needs
+-- `Authorization: <token>` (or `Bearer <token>`), compared in constant time.
 local common = require "common"
 local flags = require "flags"
 local http = require "http"
@@ -55,7 +57,12 @@ end
 
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local lock = task.mutex()
-local pause_state = { generation = 0, expiry = nil, expires_at = nil }
+-- expires_at: when the pauser owes PgBouncer a RESUME (wall clock: a pause's expiry,
+-- or now after a RESUME that failed), for `reason`; nil when it owes none.
+-- pause_sent: a PAUSE may have reached PgBouncer since the last RESUME that
+-- succeeded; set before sending it, so a cancel at any point after leaves it set.
+-- Only read and written under `lock`; `changed` wakes the expirer.
+local pause_state = { expires_at = nil, reason = nil, pause_sent = false, changed = task.event() }
 
 local function iso(t)
   local whole = math.floor(t)
@@ -68,23 +75,36 @@ local function wall()
 end
 pause_state.wall0, pause_state.mono0 = os.time(), task.now()
 
-local function cancel_expiry()
-  if pause_state.expiry then
-    pause_state.expiry:cancel()
-    pause_state.expiry = nil
-  end
-  pause_state.expires_at = nil
+-- owe_resume(at, reason): the pauser RESUMEs at `at`, and from then on tries again
+-- until a RESUME succeeds. Under `lock`.
+local function owe_resume(at, reason)
+  pause_state.expires_at, pause_state.reason, pause_state.pause_sent = at, reason, true
+  pause_state.changed:set()
 end
 
-local function resume(reason)
-  cancel_expiry()
-  local ok, err = admin:resume()
-  if ok then m.paused:set(0) end
+-- resume(reason [, via=admin]) -> ok | nil, err: RESUME through `via`. Only a RESUME
+-- that succeeded settles what the pauser owes; after a failure the expirer retries.
+local function resume(reason, via)
+  local ok, err = (via or admin):resume()
+  if ok then
+    pause_state.expires_at, pause_state.pause_sent = nil, false
+    m.paused:set(0)
+  end
   L.info { event = "resume", reason = reason, ok = ok and true or false, error = err and tostring(err) or nil }
   return ok, err
 end
 
+-- resume_if_due() -> true when nothing is owed now | resume's results. Under `lock`.
+local function resume_if_due()
+  local due = pause_state.expires_at
+  if not due or due > wall() then return true end
+  return resume(pause_state.reason)
+end
+
 local function health()
+  -- A RESUME owed since one failed is tried first: PgBouncer may answer now, and
+  -- `paused` then reports what holds rather than what the backoff has not retried.
+  resume_if_due()
   local rows, err = admin:show("DATABASES")
   if not rows then
     return 503, { status = "unhealthy", components = { { name = "pgbouncer", status = "unhealthy", error = tostring(err) } } }
@@ -113,27 +133,22 @@ local function pause(body)
     return 400, { error = "timeout and expiry must be seconds in (0, 3600]" }
   end
   local created = wall()
-  cancel_expiry()
-  pause_state.generation = pause_state.generation + 1
-  local gen = pause_state.generation
+  pause_state.pause_sent = true
   local ok, err, code = admin:pause(nil, { timeout = timeout })
   if not ok then
-    -- the pgbouncer primitive has already dropped the waiting PAUSE and resumed
+    -- A failed pause leaves PgBouncer resumed, an earlier pause included. After a
+    -- timeout the pgbouncer primitive has dropped the waiting PAUSE and resumed, but
+    -- a PAUSE whose connection failed stays pending in PgBouncer, and a RESUME that
+    -- fails is owed until one succeeds.
     L.error { event = "pause_failed", error = tostring(err), code = tostring(code) }
+    if not resume("pause_failed") then owe_resume(wall(), "pause_failed") end
     if code == "timeout" then
       return 504, { error = "exceeded pause timeout: " .. tostring(err) }
     end
     return 500, { error = tostring(err) }
   end
   m.paused:set(1)
-  pause_state.expires_at = created + expiry
-  pause_state.expiry = task.named("pause-expiry", function()
-    task.sleep(math.max(0, pause_state.expires_at - wall()))
-    if pause_state.generation == gen then
-      pause_state.expiry = nil
-      lock:with(resume, "expiry")
-    end
-  end)
+  owe_resume(created + expiry, "expiry")
   L.info { event = "paused", expires_at = iso(pause_state.expires_at), timeout = timeout, expiry = expiry }
   return 200, { created_at = iso(created), expires_at = iso(pause_state.expires_at) }
 end
@@ -145,6 +160,26 @@ local function authorized(req)
   return secure.equal(presented, token)
 end
 
+-- Metric labels and log lines must not grow with what strangers send: the path label
+-- is one of the API's own paths or "other", and a rejected request (401, 404: anyone
+-- who reaches the port can send one) is logged at debug, with one warning a minute
+-- counting them.
+local API_PATHS = { ["/health"] = true, ["/pause"] = true, ["/resume"] = true }
+local rejected = { count = 0, warned_at = -math.huge }
+
+local function log_request(req, status)
+  local fields = { event = "request", method = req.method, path = req.path:sub(1, 128), status = status,
+    remote = req.remote }
+  if status ~= 401 and status ~= 404 then return L.info(fields) end
+  L.debug(fields)
+  rejected.count = rejected.count + 1
+  if task.now() - rejected.warned_at >= 60 then
+    L.warn { event = "requests_rejected", count = rejected.count, last_status = status, last_remote = req.remote,
+      msg = "unauthorized or unknown requests since the last warning (each is logged at debug)" }
+    rejected.count, rejected.warned_at = 0, task.now()
+  end
+end
+
 local function handler(req)
   local status, body
   if not authorized(req) then
@@ -153,8 +188,8 @@ local function handler(req)
     status, body = lock:with(health)
   elseif req.path == "/pause" and req.method == "POST" then
     local args, jerr = http.json(req)
-    if not args then
-      status, body = 400, { error = "invalid JSON body: " .. tostring(jerr) }
+    if type(args) ~= "table" then
+      status, body = 400, { error = "invalid JSON body: " .. tostring(jerr or "expected an object") }
     else
       status, body = lock:with(pause, args)
     end
@@ -166,19 +201,43 @@ local function handler(req)
     else
       status, body = 500, { error = "failed to resume pgbouncer: " .. tostring(err) }
     end
-  elseif req.path == "/health" or req.path == "/pause" or req.path == "/resume" then
+  elseif API_PATHS[req.path] then
     status, body = 405, { error = "method not allowed" }
   else
     status, body = 404, { error = "not found" }
   end
-  m.pauses:inc(1, { path = req.path:match("^/%a*") or "/", status = tostring(status) })
-  L.info { event = "request", method = req.method, path = req.path, status = status, remote = req.remote }
+  m.pauses:inc(1, { path = API_PATHS[req.path] and req.path or "other", status = tostring(status) })
+  log_request(req, status)
   return status, body
 end
 
+-- The expiry is decided under the lock, never before waiting for it: a /pause that
+-- got the lock first (it queued before the expiry came due) has set a later
+-- expires_at, a /resume has cleared it, and either way this pause is no longer due.
+-- One task, the script's child, so it outlives the request that paused. A RESUME
+-- that fails is tried again, backing off from 1 s to 30 s (and at every /health).
+local function expire_pauses()
+  local retry, last_due = 1, nil
+  while true do
+    local due = pause_state.expires_at
+    if due ~= last_due then retry, last_due = 1, due end
+    local left = due and due - wall()
+    if not left or left > 0 then
+      pause_state.changed:wait(left or 60)
+    elseif not lock:with(resume_if_due) then
+      pause_state.changed:wait(retry)
+      retry = math.min(retry * 2, 30)
+    end
+  end
+end
+local expirer = task.named("pause-expiry", expire_pauses)
+
 -- An earlier pauser may have died mid-pause (stolon-pgbouncer#36): resume now.
 local ok, err = lock:with(resume, "startup")
-if not ok then L.warn { event = "startup_resume_failed", error = tostring(err), msg = "PgBouncer not reachable yet" } end
+if not ok then
+  L.warn { event = "startup_resume_failed", error = tostring(err), msg = "PgBouncer not reachable yet: retrying" }
+  lock:with(owe_resume, wall(), "startup")
+end
 
 common.serve_metrics(opts)
 local srv, serr = http.serve {
@@ -202,8 +261,23 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do
     stop:set()
   end)
 end
+-- Nobody is left to honour an expiry: RESUME whenever a PAUSE may have reached
+-- PgBouncer, a held one or one in flight. Closing the server cancels a /pause that
+-- waits on PgBouncer and drops its admin connection, but PgBouncer keeps that PAUSE
+-- and pauses once its transactions end. The old connection is closed first (PgBouncer
+-- then forgets the waiter, pgbouncer#715) and the RESUME goes on a fresh one.
+local function resume_on_exit()
+  if not pause_state.pause_sent then return end
+  admin:close()
+  local fresh <close> = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
+  local resumed, rerr = resume("shutdown", fresh)
+  if not resumed then
+    L.error { event = "shutdown_resume_failed", error = tostring(rerr), msg = "PgBouncer may be left paused" }
+  end
+end
+
 stop:wait()
 srv:close()
--- A pause we hold would outlive us with nobody left to honour its expiry: resume.
-if pause_state.expires_at then lock:with(resume, "shutdown") end
+expirer:cancel()
+lock:with(resume_on_exit)
 return 0

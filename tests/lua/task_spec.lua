@@ -143,6 +143,41 @@ describe("task.event and task.mutex", function()
     assert.is_nil(err)
     assert.equals(1, max)
   end)
+
+  -- The pauser serves a client's /pause then /resume in the order they came.
+  it("mutex hands the lock over in the order tasks asked for it", function()
+    local m = task.mutex()
+    assert(m:lock())
+    local order, hs = {}, {}
+    for i = 1, 4 do
+      hs[i] = task.spawn(function() m:with(function() order[#order + 1] = i end) end)
+      task.yield() -- each one queues before the next starts
+    end
+    m:unlock()
+    for i = 1, 4 do assert.is_true((hs[i]:wait(5))) end
+    assert.same({ 1, 2, 3, 4 }, order)
+  end)
+
+  it("mutex skips a waiter that timed out or was cancelled", function()
+    local m = task.mutex()
+    assert(m:lock())
+    local timed_out = task.spawn(function() return m:lock(0.05) end)
+    local cancelled = task.spawn(function() return m:lock(5) end)
+    local got = {}
+    local last = task.spawn(function() assert(m:lock(5)) got[#got + 1] = "last" m:unlock() end)
+    task.sleep(0.1)
+    local done, locked, _, code = timed_out:wait(1)
+    assert.is_true(done)
+    assert.is_nil(locked)
+    assert.equals("timeout", code)
+    cancelled:cancel()
+    m:unlock()
+    assert.is_true((last:wait(5)))
+    assert.same({ "last" }, got)
+    assert.equals("cancelled", cancelled:status())
+    assert.is_true(m:lock(0.1), "the lock was left held")
+    m:unlock()
+  end)
 end)
 
 describe("task.shield and task.detached", function()

@@ -8,7 +8,7 @@
 --   local sb = P.start_postgres{host = "127.0.0.2", primary = db}   -- a streaming standby
 --   local b = P.start_pgbouncer{host = "127.0.0.1", port = P.free_port(), target = db}
 --   b.host, b.port, b.dir, b.socket_dir, b:admin_conninfo(), b:conninfo(dbname),
---   b:signal("STOP"), b:restart(), b:stop()
+--   b:signal("STOP"), b:paused(), b:restart(), b:stop()
 local proc = require "proc"
 local task = require "task"
 local pg = require "pg"
@@ -230,6 +230,28 @@ end
 
 function Bouncer:signal(name)
   return self.proc:signal(name)
+end
+
+-- Whether PgBouncer holds queries, asked the way a client notices: a whole-pooler
+-- PAUSE shows in no SHOW column of 1.18 (no SHOW STATE). A held login counts (a
+-- PgBouncer that restarted paused has no server parameters to greet a client with).
+-- A probe dropped while PgBouncer waits for a server login counts as a failed login,
+-- after which PgBouncer refuses logins for server_login_retry (1 s): ask again.
+function Bouncer:paused()
+  for _ = 1, 3 do
+    local conn, cerr, ccode = pg.connect(self:conninfo("postgres"), { timeout = 3 })
+    if not conn then
+      assert(ccode == "timeout", cerr)
+      return true
+    end
+    local rows, err, code = conn:query_opts { sql = "SELECT 1", timeout = 0.5 }
+    conn:close()
+    if rows then return false end
+    if code == "timeout" then return true end
+    assert(tostring(err):find("server login has been failing", 1, true), err)
+    task.sleep(1.1)
+  end
+  error("PgBouncer kept refusing logins")
 end
 
 function Bouncer:start()
