@@ -194,6 +194,7 @@ if not srv then
   return 1
 end
 L.info { event = "listen", address = host .. ":" .. tostring(srv:port()), token = token ~= "" }
+require("notify").send("READY=1\nSTATUS=listening on " .. host .. ":" .. tostring(srv:port()))
 
 local stop = task.event()
 for _, sig in ipairs { "TERM", "INT", "QUIT" } do
@@ -203,6 +204,7 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do
   end)
 end
 stop:wait()
+require("notify").send("STOPPING=1")
 srv:close()
 -- A pause we hold would outlive us with nobody left to honour its expiry: resume.
 if pause_state.expires_at then lock:with(resume, "shutdown") end

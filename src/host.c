@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "modules.h"
+#include "notify.h"
 #include "sched.h"
 
 #ifndef SPGB_DATADIR
@@ -89,6 +90,7 @@ lua_State *spgb_host_new(void)
         fprintf(stderr, "stolon-pgbouncer: cannot create the Lua state (out of memory)\n");
         return NULL;
     }
+    spgb_notify_init(); /* before any script can start a child */
     luaL_openlibs(L);
     int rc = spgb_sched_init(L);
     if (rc != 0) {

@@ -17,24 +17,19 @@ SPGB_MOD(http)
 SPGB_MOD(metrics)
 SPGB_MOD(httpc)
 SPGB_MOD(secure)
+SPGB_MOD(notify)
 #undef SPGB_MOD
 
 const spgb_module *spgb_modules(void)
 {
     static const spgb_module mods[] = {
-        {"task", luaopen_task},
-        {"log", luaopen_log},
-        {"proc", luaopen_proc},
-        {"template", luaopen_template},
-        {"fs", luaopen_fs},
-        {"etcd", luaopen_etcd},
-        {"pg", luaopen_pg},
-        {"pgbouncer", luaopen_pgbouncer},
-        {"http", luaopen_http},
-        {"metrics", luaopen_metrics},
-        {"httpc", luaopen_httpc},
-        {"secure", luaopen_secure},
-        {NULL, NULL},
+        {"task", luaopen_task},     {"log", luaopen_log},
+        {"proc", luaopen_proc},     {"template", luaopen_template},
+        {"fs", luaopen_fs},         {"etcd", luaopen_etcd},
+        {"pg", luaopen_pg},         {"pgbouncer", luaopen_pgbouncer},
+        {"http", luaopen_http},     {"metrics", luaopen_metrics},
+        {"httpc", luaopen_httpc},   {"secure", luaopen_secure},
+        {"notify", luaopen_notify}, {NULL, NULL},
     };
     return mods;
 }
