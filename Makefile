@@ -1,11 +1,15 @@
 # stolon-pgbouncer: C core + embedded Lua 5.4 host.
-# Targets: all (default), check, deps, asan, valgrind, fuzz, install, demo, lint, format, clean,
-# fresh-check, bench.
+# Targets: all (default), check, deps, asan, valgrind, fuzz, install, man, units,
+# demo, lint, format, clean, fresh-check, bench.
 # Quiet rules; V=1 shows the commands.
 
 PREFIX    ?= /usr/local
 BINDIR    ?= $(PREFIX)/bin
 DATADIR   ?= $(PREFIX)/share/stolon-pgbouncer
+MANDIR    ?= $(PREFIX)/share/man
+# The units name /etc/stolon-pgbouncer whatever PREFIX is: systemd reads /etc.
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
 BUILD     ?= build
 
@@ -41,7 +45,7 @@ BIN       := stolon-pgbouncer
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
 .PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick \
-        fresh-check
+        fresh-check man units
 
 all: $(BIN)
 
@@ -116,11 +120,42 @@ asan: all
 valgrind: $(CTESTBINS)
 	$(Q)$(MAKE) check-c VALGRIND="valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99"
 
-install: $(BIN)
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/policies
+# The man page, from each command's --help and man/stolon-pgbouncer.h2m (help2man).
+MAN := $(BUILD)/man/stolon-pgbouncer.1
+man: $(MAN)
+$(MAN): $(BIN) scripts/man.lua man/stolon-pgbouncer.h2m lua/flags.lua lua/common.lua $(wildcard policies/*.lua)
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  MAN     $@")
+	$(Q)./$(BIN) run scripts/man.lua $@ ./$(BIN)
+
+# systemd units with this install's paths; $(BUILD)/unit-paths changes (and the units
+# are made again) only when BINDIR or SYSCONFDIR do.
+UNITS := $(patsubst systemd/%.in,$(BUILD)/systemd/%,$(wildcard systemd/*.service.in))
+units: $(UNITS)
+$(BUILD)/unit-paths: FORCE
+	@mkdir -p $(@D)
+	@echo "$(BINDIR) $(SYSCONFDIR)" | cmp -s - $@ || echo "$(BINDIR) $(SYSCONFDIR)" > $@
+$(BUILD)/systemd/%: systemd/%.in $(BUILD)/unit-paths
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  UNIT    $@")
+	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@.tmp && mv $@.tmp $@
+FORCE:
+
+# Configuration under $(SYSCONFDIR)/stolon-pgbouncer is installed only where absent:
+# a second `make install` never overwrites an operator's edits.
+ETC_FILES := supervise.env pauser.env pgbouncer.ini.template
+install: $(BIN) $(MAN) $(UNITS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua $(DESTDIR)$(DATADIR)/policies \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(BIN)
 	install -m 0644 lua/*.lua $(DESTDIR)$(DATADIR)/lua/
 	install -m 0644 policies/*.lua $(DESTDIR)$(DATADIR)/policies/
+	install -m 0644 $(MAN) $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(UNITS) $(DESTDIR)$(SYSTEMDUNITDIR)/
+	for f in $(ETC_FILES); do \
+	  test -e $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer/$$f || \
+	  install -m 0644 systemd/$$f $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer/$$f || exit 1; \
+	done
 
 demo: deps all
 	$(Q)./$(BIN) run examples/demo.lua
