@@ -1,6 +1,6 @@
 # stolon-pgbouncer: C core + embedded Lua 5.4 host.
-# Targets: all (default), check, deps, asan, valgrind, fuzz, install, man, units,
-# demo, lint, format, clean, fresh-check, bench.
+# Targets: all (default), check, deps, asan, valgrind, fuzz, install, man, units, deb,
+# deb-check, demo, lint, format, clean, fresh-check, bench.
 # Quiet rules; V=1 shows the commands.
 
 PREFIX    ?= /usr/local
@@ -45,7 +45,7 @@ BIN       := stolon-pgbouncer
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
 .PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick \
-        fresh-check man units
+        fresh-check man units deb deb-check
 
 all: $(BIN)
 
@@ -92,6 +92,7 @@ check: all
 	$(Q)$(MAKE) --no-print-directory lint
 	$(Q)$(MAKE) --no-print-directory check-c
 	$(Q)$(MAKE) --no-print-directory check-lua
+	$(Q)$(MAKE) --no-print-directory deb-check
 
 check-c: $(CTESTBINS)
 	$(Q)set -e; for t in $(CTESTBINS); do echo "== $$t"; $(VALGRIND) $$t; done
@@ -157,6 +158,17 @@ install: $(BIN) $(MAN) $(UNITS)
 	  install -m 0644 systemd/$$f $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer/$$f || exit 1; \
 	done
 
+# The Debian package (debian/, dpkg-buildpackage) from a copy of the tracked and
+# unignored files in $(BUILD)/deb, so nothing the build makes lands in the checkout;
+# the .deb, .buildinfo and .changes end up in $(BUILD)/deb.
+deb:
+	$(Q)./scripts/deb.sh build
+
+# Build the package, then install, run and purge it (as root), or check its contents
+# and lintian (otherwise). About a minute.
+deb-check:
+	$(Q)./scripts/deb.sh check
+
 demo: deps all
 	$(Q)./$(BIN) run examples/demo.lua
 
@@ -184,6 +196,7 @@ format:
 	clang-format -i src/*.c src/*.h tests/c/*.c
 
 clean:
-	rm -rf build build-asan build-fuzz $(BIN) stolon-pgbouncer-asan
+	rm -rf build build-asan build-fuzz $(BIN) stolon-pgbouncer-asan debian/.debhelper debian/stolon-pgbouncer \
+	  debian/files debian/debhelper-build-stamp debian/*.substvars debian/*.debhelper.log
 
 -include $(OBJ:.o=.d) $(MAINOBJ:.o=.d)
