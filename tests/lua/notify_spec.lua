@@ -2,9 +2,13 @@
 -- service manager's datagram socket (tests/fake/notify_listen.c, which records each
 -- message's sender pid and whether the API accepted connections when it arrived),
 -- starts the pauser with $NOTIFY_SOCKET pointing at it, and checks READY=1 comes from
--- the pauser itself once its API listens, and STOPPING=1 on TERM.
+-- the pauser itself once its API listens, and STOPPING=1 on TERM; the same for
+-- supervise, whose READY=1 must wait until its PgBouncer accepts connections and
+-- whose PgBouncer (built with systemd support) must stay silent.
 local P = require "support.pg"
 local D = require "support.daemon"
+local E = require "support.etcd"
+local fs = require "fs"
 local proc = require "proc"
 
 describe("notify", function()
@@ -20,9 +24,11 @@ describe("notify", function()
     if dir then proc.run { "rm", "-rf", dir } end
   end)
 
-  -- listen(port) -> the listener process, once its socket is bound
+  -- listen(sock, port) -> the listener process, once its socket is bound. As the
+  -- postgres user when root, so daemons running as postgres may send to it.
   local function listen(sock, port)
-    local l = assert(proc.spawn { listener, sock, tostring(port), "30", stdout = "capture", stdin = "null" })
+    local l = assert(proc.spawn { listener, sock, tostring(port), "30", stdout = "capture", stdin = "null",
+      user = P.is_root() and "postgres" or nil })
     D.eventually(5, function() return (l:output()):match("bound\n") end)
     return l
   end
@@ -45,6 +51,43 @@ describe("notify", function()
     assert.equals(2, #lines, out)
     assert.equals(("pid=%d api=up READY=1;STATUS=listening on 127.0.0.1:%d"):format(pid, port), lines[1])
     assert.matches(("^pid=%d api=%%a+ STOPPING=1$"):format(pid), lines[2])
+  end)
+
+  it("supervise: READY=1 once PgBouncer accepts, STOPPING=1 when draining starts, none from PgBouncer", function()
+    local etcd_srv = E.start { members = 1 }
+    local ok, err = pcall(function()
+      local client = assert(require("etcd").connect { endpoints = etcd_srv.endpoints, timeout = 3 })
+      local cd = assert(fs.read("tests/fixtures/stolon/healthy.json")):gsub("127%.0%.0%.1%d", "127.0.0.1")
+      assert(client:put("stolon/cluster/nt/clusterdata", cd))
+      local port = P.free_port()
+      D.write_file(dir .. "/userlist.txt", '"pgbouncer" ""\n')
+      D.write_file(dir .. "/pgbouncer.ini.template", table.concat({
+        "[databases]", "postgres = host={{.Host}} port={{.Port}} dbname=postgres", "", "[pgbouncer]",
+        "listen_addr = 127.0.0.1", "listen_port = " .. port, "unix_socket_dir = " .. dir, "auth_type = trust",
+        "auth_file = " .. dir .. "/userlist.txt", "admin_users = pgbouncer",
+        "ignore_startup_parameters = extra_float_digits", "" }, "\n"))
+      local sock = dir .. "/supervise.sock"
+      local l = listen(sock, port)
+      local d = D.start({ "supervise", "--cluster-name", "nt", "--store-endpoints", etcd_srv.endpoints[1],
+        "--pgbouncer-config-file", dir .. "/pgbouncer.ini", "--pgbouncer-config-template-file",
+        dir .. "/pgbouncer.ini.template", "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(port),
+        "--pgbouncer-binary", P.pgbouncer, "--metrics-port", "0", "--termination-grace-period", "0s",
+        "--termination-poll-interval", "200ms" }, { as_postgres = true, env = { NOTIFY_SOCKET = sock } })
+      local pid = d.p:pid()
+      D.eventually(15, function() return (l:output()):match("READY=1") end)
+      d:signal("TERM")
+      local code, s = d.p:wait(15)
+      assert.equals(0, code, tostring(s) .. d:logs())
+      assert.equals(0, (l:wait(5)))
+      local out = l:output()
+      local lines = {}
+      for line in out:gmatch("pid=[^\n]*") do lines[#lines + 1] = line end
+      assert.equals(2, #lines, out)
+      assert.equals(("pid=%d api=up READY=1;STATUS=PgBouncer routes to 127.0.0.1:5432"):format(pid), lines[1])
+      assert.matches(("^pid=%d api=%%a+ STOPPING=1;STATUS=draining PgBouncer$"):format(pid), lines[2])
+    end)
+    etcd_srv:stop()
+    assert(ok, err)
   end)
 
   it("takes $NOTIFY_SOCKET out of the environment, so children cannot answer for us", function()
