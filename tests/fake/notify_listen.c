@@ -60,8 +60,8 @@ int main(int argc, char **argv)
         char buf[4096];
         char ctl[CMSG_SPACE(sizeof(struct ucred))];
         struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf - 1};
-        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
-                            .msg_controllen = sizeof ctl};
+        struct msghdr mh = {
+            .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl};
         ssize_t n = recvmsg(fd, &mh, 0);
         if (n < 0) {
             perror("notify_listen: recvmsg");
