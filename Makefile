@@ -1,11 +1,15 @@
 # stolon-pgbouncer: C core + embedded Lua 5.4 host.
-# Targets: all (default), check, deps, asan, valgrind, fuzz, install, demo, lint, format, clean,
-# fresh-check, bench.
+# Targets: all (default), check, deps, asan, valgrind, fuzz, install, man, units, deb,
+# deb-check, demo, lint, format, clean, fresh-check, bench.
 # Quiet rules; V=1 shows the commands.
 
 PREFIX    ?= /usr/local
 BINDIR    ?= $(PREFIX)/bin
 DATADIR   ?= $(PREFIX)/share/stolon-pgbouncer
+MANDIR    ?= $(PREFIX)/share/man
+# The units name /etc/stolon-pgbouncer whatever PREFIX is: systemd reads /etc.
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo 0.1.0)
 BUILD     ?= build
 
@@ -47,7 +51,7 @@ BIN       := stolon-pgbouncer
 WHOLE      = -Wl,--whole-archive $(BUILD)/libspgb.a -Wl,--no-whole-archive
 
 .PHONY: all check check-c check-lua lint deps asan valgrind install demo clean format fuzz fuzz-smoke bench bench-quick \
-        fresh-check playground playground-status playground-down
+        fresh-check playground playground-status playground-down man units deb deb-check
 
 all: $(BIN)
 
@@ -106,6 +110,7 @@ check: all
 	$(Q)$(MAKE) --no-print-directory lint
 	$(Q)$(MAKE) --no-print-directory check-c
 	$(Q)$(MAKE) --no-print-directory check-lua
+	$(Q)$(MAKE) --no-print-directory deb-check
 
 check-c: $(CTESTBINS)
 	$(Q)set -e; for t in $(CTESTBINS); do echo "== $$t"; $(VALGRIND) $$t; done
@@ -134,13 +139,55 @@ asan: all
 valgrind: $(CTESTBINS)
 	$(Q)$(MAKE) check-c VALGRIND="valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99"
 
-# The binary carries lua/ and policies/; the policies are also installed as files
-# to read and copy (`stolon-pgbouncer policy show NAME` prints the same).
-install: $(BIN)
-	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies/examples
+# The man page, from each command's --help and man/stolon-pgbouncer.h2m (help2man).
+MAN := $(BUILD)/man/stolon-pgbouncer.1
+man: $(MAN)
+$(MAN): $(BIN) scripts/man.lua man/stolon-pgbouncer.h2m lua/flags.lua lua/common.lua $(wildcard policies/*.lua)
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  MAN     $@")
+	$(Q)./$(BIN) run scripts/man.lua $@ ./$(BIN)
+
+# systemd units with this install's paths; $(BUILD)/unit-paths changes (and the units
+# are made again) only when BINDIR or SYSCONFDIR do.
+UNITS := $(patsubst systemd/%.in,$(BUILD)/systemd/%,$(wildcard systemd/*.service.in))
+units: $(UNITS)
+$(BUILD)/unit-paths: FORCE
+	@mkdir -p $(@D)
+	@echo "$(BINDIR) $(SYSCONFDIR)" | cmp -s - $@ || echo "$(BINDIR) $(SYSCONFDIR)" > $@
+$(BUILD)/systemd/%: systemd/%.in $(BUILD)/unit-paths
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  UNIT    $@")
+	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $< > $@.tmp && mv $@.tmp $@
+FORCE:
+
+# Configuration under $(SYSCONFDIR)/stolon-pgbouncer is installed only where absent:
+# a second `make install` never overwrites an operator's edits.
+ETC_FILES := supervise.env pauser.env pgbouncer.ini.template
+# The binary carries lua/ and policies/; the policies are also installed as files to
+# read and copy (`stolon-pgbouncer policy show NAME` prints the same).
+install: $(BIN) $(MAN) $(UNITS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies/examples \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer
 	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/$(BIN)
 	install -m 0644 policies/*.lua $(DESTDIR)$(DATADIR)/policies/
 	install -m 0644 policies/examples/*.lua $(DESTDIR)$(DATADIR)/policies/examples/
+	install -m 0644 $(MAN) $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(UNITS) $(DESTDIR)$(SYSTEMDUNITDIR)/
+	for f in $(ETC_FILES); do \
+	  test -e $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer/$$f || \
+	  install -m 0644 systemd/$$f $(DESTDIR)$(SYSCONFDIR)/stolon-pgbouncer/$$f || exit 1; \
+	done
+
+# The Debian package (debian/, dpkg-buildpackage) from a copy of the tracked and
+# unignored files in $(BUILD)/deb, so nothing the build makes lands in the checkout;
+# the .deb, .buildinfo and .changes end up in $(BUILD)/deb.
+deb:
+	$(Q)./scripts/deb.sh build
+
+# Build the package, then install, run and purge it (as root), or check its contents
+# and lintian (otherwise). About a minute.
+deb-check:
+	$(Q)./scripts/deb.sh check
 
 demo: deps all
 	$(Q)./$(BIN) run examples/demo.lua
@@ -179,6 +226,7 @@ format:
 	clang-format -i src/*.c src/*.h tests/c/*.c
 
 clean:
-	rm -rf build build-asan build-fuzz $(BIN) stolon-pgbouncer-asan
+	rm -rf build build-asan build-fuzz $(BIN) stolon-pgbouncer-asan debian/.debhelper debian/stolon-pgbouncer \
+	  debian/files debian/debhelper-build-stamp debian/*.substvars debian/*.debhelper.log
 
 -include $(OBJ:.o=.d) $(MAINOBJ:.o=.d)

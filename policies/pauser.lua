@@ -253,6 +253,7 @@ if not srv then
   return 1
 end
 L.info { event = "listen", address = host .. ":" .. tostring(srv:port()), token = token ~= "" }
+require("notify").send("READY=1\nSTATUS=listening on " .. host .. ":" .. tostring(srv:port()))
 
 local stop = task.event()
 for _, sig in ipairs { "TERM", "INT", "QUIT" } do
@@ -277,6 +278,7 @@ local function resume_on_exit()
 end
 
 stop:wait()
+require("notify").send("STOPPING=1")
 srv:close()
 expirer:cancel()
 lock:with(resume_on_exit)

@@ -221,6 +221,7 @@ local function apply(kv)
     if not rc_ok then L.warn { event = "reconnect_failed", error = tostring(rc_err) } end
   end
   state.applied_host = addr
+  require("notify").send("READY=1\nSTATUS=PgBouncer routes to " .. addr)
   m.last_reload_seconds:set(common.unix_now(), { keeper = master.keeper })
   L.info { event = "reloaded", host = master.host, keeper = master.keeper, revision = kv.mod_revision }
   return true
@@ -308,6 +309,7 @@ local function shutdown(signame)
     os.exit(1)
   end
   state.stopping = true
+  require("notify").send("STOPPING=1\nSTATUS=draining PgBouncer")
   m.shutdown_seconds:set(common.unix_now())
   L.info { event = "shutdown_requested", signal = signame }
   for _, t in ipairs(main_tasks) do t:cancel() end

@@ -13,6 +13,7 @@
 #include "embedded.h"
 #include "log.h"
 #include "modules.h"
+#include "notify.h"
 #include "sched.h"
 
 static char luadir[PATH_MAX];
@@ -157,6 +158,7 @@ lua_State *spgb_host_new(void)
         fprintf(stderr, "stolon-pgbouncer: cannot create the Lua state (out of memory)\n");
         return NULL;
     }
+    spgb_notify_init(); /* before any script can start a child */
     luaL_openlibs(L);
     int rc = spgb_sched_init(L);
     if (rc != 0) {

@@ -16,6 +16,7 @@ SPGB_MOD(http_core)
 SPGB_MOD(metrics_core)
 SPGB_MOD(httpc)
 SPGB_MOD(secure)
+SPGB_MOD(notify)
 #undef SPGB_MOD
 
 const spgb_module *spgb_modules(void)
@@ -32,6 +33,7 @@ const spgb_module *spgb_modules(void)
         {"metrics.core", luaopen_metrics_core},
         {"httpc", luaopen_httpc},
         {"secure", luaopen_secure},
+        {"notify", luaopen_notify},
         {NULL, NULL},
     };
     return mods;
