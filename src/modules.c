@@ -5,7 +5,7 @@
 
 /* Weak: a unit not yet linked leaves its pointer NULL. */
 #define SPGB_MOD(n) int luaopen_##n(lua_State *L) __attribute__((weak));
-SPGB_MOD(task)
+SPGB_MOD(task_core)
 SPGB_MOD(log_core)
 SPGB_MOD(proc_core)
 SPGB_MOD(template)
@@ -22,7 +22,7 @@ SPGB_MOD(notify)
 const spgb_module *spgb_modules(void)
 {
     static const spgb_module mods[] = {
-        {"task", luaopen_task},
+        {"task.core", luaopen_task_core},
         {"log.core", luaopen_log_core},
         {"proc.core", luaopen_proc_core},
         {"template", luaopen_template},

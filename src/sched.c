@@ -1135,88 +1135,9 @@ static int l_sig_stop(lua_State *L)
     return 0;
 }
 
-/* Pure-Lua parts of the module, built on the C primitives above. */
-static const char task_lua[] =
-    "local M = ...\n"
-    "local pack, unpack = table.pack, table.unpack\n"
-    "function M.timeout(seconds, fn, ...)\n"
-    "  local h = M.observed(fn, ...)\n"
-    "  local r = pack(h:wait(seconds))\n"
-    "  if r[1] == nil then\n"
-    "    h:cancel()\n"
-    "    return nil, ('task.timeout: timeout after %gs'):format(seconds), 'timeout'\n"
-    "  end\n"
-    "  if r[1] == false then error(r[2], 0) end\n"
-    "  return unpack(r, 2, r.n)\n"
-    "end\n"
-    "function M.all(fns)\n"
-    "  local hs = {}\n"
-    "  for i, fn in ipairs(fns) do hs[i] = M.observed(fn) end\n"
-    "  local results, errs = { n = #hs }, {}\n"
-    "  for i, h in ipairs(hs) do\n"
-    "    local r = pack(h:wait())\n"
-    "    if r[1] then\n"
-    "      results[i] = pack(unpack(r, 2, r.n))\n"
-    "    else\n"
-    "      results[i] = { n = 0, error = r[2] }\n"
-    "      errs[#errs + 1] = ('task %d: %s'):format(i, tostring(r[2]))\n"
-    "    end\n"
-    "  end\n"
-    "  if #errs > 0 then return results, table.concat(errs, '; ') end\n"
-    "  return results\n"
-    "end\n"
-    "function M.yield() return M.sleep(0) end\n"
-    "-- mutex(): m:lock([timeout]) -> true | nil, 'mutex: timeout', 'timeout';\n"
-    "-- m:unlock(); m:with(fn, ...). First come, first served: unlock hands the lock to\n"
-    "-- the longest waiter still waiting, each waiting on an event of its own. A waiter\n"
-    "-- handed the lock as it timed out keeps it; one handed it as it was cancelled\n"
-    "-- passes it on before the error goes up.\n"
-    "function M.mutex()\n"
-    "  local m = { held = false, waiters = {}, first = 1, last = 0 }\n"
-    "  function m:lock(timeout)\n"
-    "    if not self.held then\n"
-    "      self.held = true\n"
-    "      return true\n"
-    "    end\n"
-    "    if timeout and timeout <= 0 then return nil, 'mutex: timeout', 'timeout' end\n"
-    "    local w = { ev = M.event() }\n"
-    "    self.last = self.last + 1\n"
-    "    self.waiters[self.last] = w\n"
-    "    local ok, err = pcall(w.ev.wait, w.ev, timeout)\n"
-    "    w.gone = true\n"
-    "    if w.granted then\n"
-    "      if ok then return true end\n"
-    "      self:unlock()\n"
-    "    end\n"
-    "    if not ok then error(err, 0) end\n"
-    "    return nil, 'mutex: timeout', 'timeout'\n"
-    "  end\n"
-    "  function m:unlock()\n"
-    "    while self.first <= self.last do\n"
-    "      local w = self.waiters[self.first]\n"
-    "      self.waiters[self.first] = nil\n"
-    "      self.first = self.first + 1\n"
-    "      if not w.gone then\n"
-    "        w.granted = true\n"
-    "        w.ev:set()\n"
-    "        return\n"
-    "      end\n"
-    "    end\n"
-    "    self.first, self.last = 1, 0\n"
-    "    self.held = false\n"
-    "  end\n"
-    "  function m:with(fn, ...)\n"
-    "    assert(self:lock())\n"
-    "    local r = table.pack(pcall(fn, ...))\n"
-    "    self:unlock()\n"
-    "    if not r[1] then error(r[2], 0) end\n"
-    "    return table.unpack(r, 2, r.n)\n"
-    "  end\n"
-    "  return m\n"
-    "end\n"
-    "return M\n";
-
-int luaopen_task(lua_State *L)
+/* The C core of the task module; lua/task.lua adds timeout, all, mutex and the rest
+ * written in Lua. */
+int luaopen_task_core(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"spawn", l_spawn},
@@ -1234,10 +1155,6 @@ int luaopen_task(lua_State *L)
         {NULL, NULL},
     };
     luaL_newlib(L, fns);
-    if (luaL_loadbuffer(L, task_lua, sizeof task_lua - 1, "=task") != LUA_OK)
-        return lua_error(L);
-    lua_pushvalue(L, -2);
-    lua_call(L, 1, 1);
     return 1;
 }
 

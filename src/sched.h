@@ -114,6 +114,7 @@ const char *spgb_signal_name(int num);
 /* Monotonic time in seconds (from uv_hrtime). */
 double spgb_now(void);
 
-int luaopen_task(lua_State *L);
+/* The module's C core, preloaded as "task.core"; its Lua half is lua/task.lua. */
+int luaopen_task_core(lua_State *L);
 
 #endif
