@@ -123,7 +123,7 @@ check-lua: all | $(AFTER_DEPS)
 	  -o utfTerminal $(BUSTED_ARGS) $(LUA_SPECS)
 
 lint: | $(AFTER_DEPS)
-	$(Q)luacheck -q lua policies tests/lua bench examples scripts
+	$(Q)luacheck -q lua policies tests/lua bench examples scripts fuzz
 
 deps:
 	$(Q)./scripts/deps.sh

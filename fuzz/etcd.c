@@ -27,65 +27,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char driver[] =
-    "local etcd = require 'etcd'\n"
-    "local cjson = require 'cjson.safe'\n"
-    "local core = require 'etcd.core'\n"
-    "local reply_status, reply_body = 200, ''\n"
-    "core.post = function() return reply_status, reply_body end\n"
-    "local c = etcd.connect { endpoints = 'http://127.0.0.1:1,127.0.0.1:2', timeout = 5 }\n"
-    "local statuses = { 200, 200, 200, 200, 200, 404, 500, 503 }\n"
-    "local function check(what, r, err, code)\n"
-    "  if r == nil then\n"
-    "    if type(err) ~= 'string' then error(what .. ': nil without a message') end\n"
-    "    if code == nil then error(what .. ': nil without a code') end\n"
-    "  elseif type(r) ~= 'table' then\n"
-    "    error(what .. ': returned a ' .. type(r))\n"
-    "  end\n"
-    "end\n"
-    "local function watch_msg(msg)\n"
-    "  local obj = cjson.decode(msg)\n"
-    "  if type(obj) ~= 'table' then return end\n"
-    "  local w = setmetatable({ client = c, ep = 1 }, etcd.Watcher)\n"
-    "  if #msg % 2 == 0 then w.next_rev = 5 end\n"
-    "  local ok, kind, val = pcall(w.handle, w, obj)\n"
-    "  if not ok then\n"
-    "    if type(kind) == 'table' and kind.bad then return end\n"
-    "    error('Watcher:handle raised: ' .. tostring(kind), 0)\n"
-    "  end\n"
-    "  if kind == 'events' then\n"
-    "    if type(val) ~= 'table' or #val == 0 then error('handle: events without a list') end\n"
-    "    for _, ev in ipairs(val) do\n"
-    "      if type(ev.key) ~= 'string' or math.type(ev.mod_revision) ~= 'integer' then\n"
-    "        error('handle: bad event')\n"
-    "      end\n"
-    "    end\n"
-    "  elseif kind == 'compacted' then\n"
-    "    if math.type(val) ~= 'integer' then error('handle: compacted without a revision') end\n"
-    "  elseif kind == 'drop' then\n"
-    "    if type(val) ~= 'string' then error('handle: drop without a message') end\n"
-    "  elseif kind ~= 'skip' then\n"
-    "    error('handle: unknown kind ' .. tostring(kind))\n"
-    "  end\n"
-    "end\n"
-    "return function(data, msgs)\n"
-    "  for _, m in ipairs(msgs) do watch_msg(m) end\n"
-    "  reply_status = statuses[#data % #statuses + 1]\n"
-    "  reply_body = data\n"
-    "  check('get', c:get('k', { prefix = true }))\n"
-    "  check('put', c:put('k', 'v', { prev_kv = true }))\n"
-    "  check('delete', c:delete('k', { prefix = true, prev_kv = true }))\n"
-    "  check('txn', c:txn { compare = { { key = 'k', target = 'mod', result = '<', value = 3 } },\n"
-    "    success = { { get = { 'k' } }, { put = { 'k', 'v' } } }, failure = { { delete = { 'k' } } } })\n"
-    "  check('compact', c:compact(7))\n"
-    "  local d = core.b64dec(data)\n"
-    "  if d ~= nil then\n"
-    "    if type(d) ~= 'string' or #d > #data * 3 // 4 + 2 then error('b64dec: bad result') end\n"
-    "  end\n"
-    "  if core.b64dec(core.b64enc(data)) ~= data then error('b64: round trip failed') end\n"
-    "  core.prefix_end(data)\n"
-    "end\n";
-
 static int check_ref = LUA_NOREF;
 
 /* Frame buf (len bytes) delivering it `step` bytes at a time, as the stream does:
@@ -130,7 +71,7 @@ static int frame_all(lua_State *L, const char *buf, size_t len, size_t step)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (check_ref == LUA_NOREF)
-        check_ref = fz_load(driver, sizeof driver - 1, "=etcd_driver");
+        check_ref = fz_load("fuzz/etcd.lua");
     lua_State *L = fz_L;
     const char *buf = (const char *)data;
     size_t step = size ? (size_t)(data[0] % 17) + 1 : 1;

@@ -21,63 +21,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char driver[] =
-    "local flags = require 'flags'\n"
-    "local duration = require 'duration'\n"
-    "local spec = {\n"
-    "  { name = 'name', default = 'x', help = 'a string' },\n"
-    "  { name = 'verbose', type = 'bool', help = 'a bool' },\n"
-    "  { name = 'dry-run', type = 'bool', default = true },\n"
-    "  { name = 'poll-interval', type = 'duration', default = '1m' },\n"
-    "  { name = 'env-dur', type = 'duration', env = 'SPGB_FUZZ_ENV', default = '5s' },\n"
-    "  { name = 'count', type = 'int', default = 3 },\n"
-    "  { name = 'ratio', type = 'number' },\n"
-    "  { name = 'hosts', type = 'list', default = 'a,b' },\n"
-    "  { name = 'token', env = 'SPGB_FUZZ_ENV' },\n"
-    "}\n"
-    "local function parse(argv, info)\n"
-    "  local opts, rest = flags.parse(spec, argv, info)\n"
-    "  if opts == 'help' then return end\n"
-    "  if opts == nil then\n"
-    "    if type(rest) ~= 'string' then error('flags.parse: nil without a message') end\n"
-    "    return\n"
-    "  end\n"
-    "  if type(opts) ~= 'table' or type(rest) ~= 'table' then error('flags.parse: bad results') end\n"
-    "  if type(opts.poll_interval) ~= 'number' or type(opts.count) ~= 'number' then\n"
-    "    error('flags.parse: defaults not applied')\n"
-    "  end\n"
-    "end\n"
-    "local function dur(s)\n"
-    "  local v, err = duration.parse(s)\n"
-    "  if v == nil then\n"
-    "    if type(err) ~= 'string' then error('duration.parse: nil without a message') end\n"
-    "    return\n"
-    "  end\n"
-    "  if type(v) ~= 'number' then error('duration.parse: returned a ' .. type(v)) end\n"
-    "  if v < 0 and s:sub(1, 1) ~= '-' then\n"
-    "    error(('duration.parse(%q) = %s: negative from a positive text'):format(s, v))\n"
-    "  end\n"
-    "  if v ~= v or v == math.huge or v == -math.huge then return end -- overflow: see README\n"
-    "  local f = duration.format(v)\n"
-    "  if type(f) ~= 'string' then error('duration.format: returned a ' .. type(f)) end\n"
-    "  local back = duration.parse(f)\n"
-    "  if type(back) ~= 'number' then\n"
-    "    error(('duration.format(%s) = %q does not parse again'):format(v, f))\n"
-    "  end\n"
-    "end\n"
-    "flags.usage(spec, { command = 'fuzz', args = ' ARGS...', description = 'fuzzing' })\n"
-    "return function(_, argv)\n"
-    "  parse(argv)\n"
-    "  parse(argv, { interspersed = false, command = 'fuzz' })\n"
-    "  for _, a in ipairs(argv) do dur(a) end\n"
-    "end\n";
-
 static int check_ref = LUA_NOREF;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (check_ref == LUA_NOREF) {
-        check_ref = fz_load(driver, sizeof driver - 1, "=flags_driver");
+        check_ref = fz_load("fuzz/flags.lua");
     }
     lua_State *L = fz_L;
     const char *p = (const char *)data, *end = p + size;

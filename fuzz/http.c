@@ -36,34 +36,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char server_lua[] =
-    "local http = require 'http'\n"
-    "local task = require 'task'\n"
-    "local function handler(req)\n"
-    "  local p = req.path\n"
-    "  if p == '/json' then\n"
-    "    local v, err, code = http.json(req)\n"
-    "    if v == nil then return code, { error = err } end\n"
-    "    return 200, { value = v }\n"
-    "  elseif p == '/raise' then\n"
-    "    error('handler raised on purpose')\n"
-    "  elseif p == '/sleep' then\n"
-    "    task.sleep(0.001)\n"
-    "  elseif p == '/status' then\n"
-    "    return tonumber(req.query.code) or req.query.code, req.query.body,\n"
-    "      { [req.query.h or 'X-Empty'] = req.query.v or '' }\n"
-    "  elseif p == '/table' then\n"
-    "    return 200, { nested = { req.headers, req.query }, [1] = 'mixed' }\n"
-    "  end\n"
-    "  return 200, { method = req.method, path = p, version = req.version, body = req.body,\n"
-    "    headers = req.headers, query = req.query, remote = req.remote },\n"
-    "    { ['X-Echo'] = tostring(#req.body) }\n"
-    "end\n"
-    "local s, err = http.serve { port = 0, handler = handler, request_timeout = 2,\n"
-    "  connection_timeout = 2, max_body = 8192, max_header = 4096 }\n"
-    "if not s then error(err) end\n"
-    "return s:port()\n";
-
 static int port;
 static uv_timer_t deadline_timer;
 static uv_poll_t poll_h;
@@ -90,8 +62,7 @@ static void setup(void)
     lua_State *L = fz_host();
     if (!getenv("FUZZ_LOG"))
         spgb_log_set_level(SPGB_LOG_ERROR + 1); /* silence: handler errors are expected */
-    if (luaL_loadbuffer(L, server_lua, sizeof server_lua - 1, "=http_server") != LUA_OK ||
-        lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (spgb_host_load(L, "fuzz/http.lua") != 1 || lua_pcall(L, 0, 1, 0) != LUA_OK) {
         fprintf(stderr, "fuzz_http: server: %s\n", lua_tostring(L, -1));
         abort();
     }

@@ -3,8 +3,8 @@
  * flags, etcd, http). Included once per harness; everything is static.
  *
  * Provides: fz_host() (one host state per process, from spgb_host_new, so
- * `require` finds lua/ through SPGB_LUA_DIR, defaulting to the checkout the
- * harness was built from), fz_load(chunk) (runs a driver chunk that returns the
+ * `require` finds the lua/ embedded in the harness, the same code as the binary's,
+ * or SPGB_LUA_DIR's when set), fz_load(name) (runs a driver, fuzz/<target>.lua, that returns the
  * per-input check function, anchored in the registry) and fz_call(ref, data,
  * size) which calls it with the input as one string and abort()s, printing the
  * error and traceback, when it raises: drivers raise only on a finding (an
@@ -67,12 +67,16 @@ static int fz_msgh(lua_State *L)
     return 1;
 }
 
-/* Run chunk (named name); it returns the check function. Returns its registry ref. */
-__attribute__((unused)) static int fz_load(const char *chunk, size_t len, const char *name)
+/* Run the driver rel ("fuzz/flags.lua", embedded by scripts/fuzz.sh); it returns the
+ * check function. Returns its registry ref. */
+__attribute__((unused)) static int fz_load(const char *name)
 {
     lua_State *L = fz_host();
     lua_pushcfunction(L, fz_msgh);
-    if (luaL_loadbuffer(L, chunk, len, name) != LUA_OK || lua_pcall(L, 0, 1, -2) != LUA_OK) {
+    int rc = spgb_host_load(L, name);
+    if (rc == 0)
+        lua_pushstring(L, "not embedded (scripts/fuzz.sh embeds fuzz/*.lua)");
+    if (rc <= 0 || lua_pcall(L, 0, 1, -2) != LUA_OK) {
         fprintf(stderr, "fuzz: loading %s: %s\n", name, lua_tostring(L, -1));
         abort();
     }

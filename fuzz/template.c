@@ -16,29 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host.h"
 #include "template.h"
 
 #define MAX_RANGES 3
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static const char ctx_lua[] =
-    "local c = {\n"
-    "  Host = 'db1', Port = 5432, F = 2.5, Tiny = 1e-300, Big = 1e300, Neg = -7,\n"
-    "  T = true, B = false, Z = 0, S = 'four', Empty = '', E = {},\n"
-    "  L = { 'a', 'b', 'c' }, N = { 1, 2.5, -3 }, M = { b = 2, a = 1, c = 3 },\n"
-    "  I = { [10] = 1, [9] = 2, [2] = 4 }, Holes = { [1] = 'a', [3] = 'c' },\n"
-    "  A = { B = { C = 'deep' } }, Nested = { { { 1 } } },\n"
-    "  Dbs = {\n"
-    "    { Name = 'app', Hosts = { 'h1', 'h2' }, Port = 6432,\n"
-    "      Pool = { Size = 20, Mode = 'transaction' } },\n"
-    "    { Name = 'x', Hosts = {}, Port = '5432' },\n"
-    "  },\n"
-    "  Master = { Host = '127.0.0.11', Port = '5432', Healthy = true },\n"
-    "  Bytes = 'a\\0b\\255\"<>&', Pct = '%s%d%%',\n"
-    "}\n"
-    "c.Self = c\n"
-    "return c\n";
 
 static lua_State *L;
 static int ctx_idx;
@@ -49,8 +32,7 @@ static void setup(void)
     if (!L)
         abort();
     luaL_openlibs(L);
-    if (luaL_loadbuffer(L, ctx_lua, sizeof ctx_lua - 1, "=ctx") != LUA_OK ||
-        lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (spgb_host_load(L, "fuzz/template.lua") != 1 || lua_pcall(L, 0, 1, 0) != LUA_OK) {
         fprintf(stderr, "fuzz_template: context: %s\n", lua_tostring(L, -1));
         abort();
     }

@@ -45,11 +45,11 @@ for src in src/*.c; do
     objs="$objs $o"
 done
 # lua/ and policies/, embedded as the binary embeds them (the Makefile's rule), so
-# the harnesses load the same Lua code the binary runs.
+# the harnesses load the same Lua code the binary runs; plus the drivers, fuzz/*.lua.
 mkdir -p "$B/tools"
 cc -std=c11 -O2 -Wall -Wextra -Werror -o "$B/tools/embed" tools/embed.c
 # shellcheck disable=SC2046
-"$B/tools/embed" "$B/embedded.c" $(ls lua/*.lua lua/*/*.lua policies/*.lua policies/*/*.lua | sort)
+"$B/tools/embed" "$B/embedded.c" $(ls lua/*.lua lua/*/*.lua policies/*.lua policies/*/*.lua fuzz/*.lua | sort)
 $FCC $BASE -fsanitize=fuzzer-no-link $PKG_CFLAGS -iquote src -c -o "$B/obj/embedded.o" "$B/embedded.c"
 objs="$objs $B/obj/embedded.o"
 rm -f "$B/libspgb-fuzz.a"
