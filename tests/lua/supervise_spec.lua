@@ -63,10 +63,11 @@ describe("supervise", function()
     end
   end
 
-  -- inet_server_addr() of a query through the supervised PgBouncer (new connection).
-  local function served_by()
-    local conn, err = pg.connect({ host = BOUNCER_HOST, port = bouncer_port, dbname = "postgres", user = "postgres" },
-      { timeout = 3 })
+  -- inet_server_addr() of a query through the supervised PgBouncer (new connection),
+  -- or through the one on port.
+  local function served_by(port)
+    local conn, err = pg.connect({ host = BOUNCER_HOST, port = port or bouncer_port, dbname = "postgres",
+      user = "postgres" }, { timeout = 3 })
     if not conn then return nil, err end
     local rows, qerr = conn:query_opts { sql = "SELECT host(inet_server_addr()) AS addr", timeout = 3 }
     conn:close()
@@ -74,31 +75,33 @@ describe("supervise", function()
     return rows[1].addr
   end
 
-  local function template_text(extra_float_digits, body)
+  -- o: {port=, dir=, socket_dir=} of a PgBouncer other than the suite's main one
+  local function template_text(extra_float_digits, body, o)
+    local port, d = o and o.port or bouncer_port, o and o.dir or dir
     return table.concat({
       "[databases]",
       body or "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
       "",
       "[pgbouncer]",
       "listen_addr = " .. BOUNCER_HOST,
-      "listen_port = " .. bouncer_port,
-      "unix_socket_dir = " .. dir,
+      "listen_port = " .. port,
+      "unix_socket_dir = " .. (o and o.socket_dir or d),
       "auth_type = trust",
-      "auth_file = " .. dir .. "/userlist.txt",
+      "auth_file = " .. d .. "/userlist.txt",
       "admin_users = pgbouncer",
       "pool_mode = transaction",
       "server_login_retry = 1",
-      "logfile = " .. dir .. "/pgbouncer.log",
-      "pidfile = " .. dir .. "/pgbouncer.pid",
+      "logfile = " .. d .. "/pgbouncer.log",
+      "pidfile = " .. d .. "/pgbouncer.pid",
       extra_float_digits and "ignore_startup_parameters = extra_float_digits" or "",
       "",
     }, "\n")
   end
 
-  local function supervise_args(config, tmpl, port)
+  local function supervise_args(config, tmpl, port, socket_dir)
     return { "supervise", "--cluster-name", CLUSTER, "--store-endpoints", endpoint,
       "--pgbouncer-config-file", config, "--pgbouncer-config-template-file", tmpl,
-      "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(port or bouncer_port),
+      "--pgbouncer-socket-dir", socket_dir or dir, "--pgbouncer-port", tostring(port or bouncer_port),
       "--pgbouncer-binary", P.pgbouncer, "--metrics-address", BOUNCER_HOST, "--metrics-port",
       tostring(port and 0 or metrics_port), "--poll-interval", "5s", "--termination-grace-period", "0s",
       "--termination-poll-interval", "300ms", "--pgbouncer-retry-timeout", "1s" }
@@ -253,5 +256,70 @@ describe("supervise", function()
     assert.matches("event=idle", logs, 1, true)
     assert.is_nil((served_by()))
     sv = nil
+  end)
+
+  -- Each case below runs its own supervise on its own port and folder (issue 12).
+  describe("and PgBouncers that are not its own", function()
+    local cleanups = {}
+
+    -- A folder, a free port and a template for one more supervise; o.socket_dir (the
+    -- folder by default) is where its PgBouncer's unix socket goes.
+    local function instance(o)
+      o = o or {}
+      local i = { dir = P.tmpdir("spgb-supervise-own"), port = o.port or P.free_port(BOUNCER_HOST) }
+      i.socket_dir = o.socket_dir or i.dir
+      D.write_file(i.dir .. "/userlist.txt", '"pgbouncer" ""\n"postgres" ""\n')
+      D.write_file(i.dir .. "/pgbouncer.ini.template", template_text(true, nil, i))
+      cleanups[#cleanups + 1] = function()
+        if i.sv then i.sv:stop("KILL") end
+        for _, pid in ipairs { i:pid() } do proc.run { "kill", "-KILL", tostring(pid) } end
+        proc.run { "rm", "-rf", i.dir }
+      end
+      function i.args(extra)
+        local a = supervise_args(i.dir .. "/pgbouncer.ini", i.dir .. "/pgbouncer.ini.template", i.port, i.socket_dir)
+        for _, x in ipairs(extra or {}) do a[#a + 1] = x end
+        return a
+      end
+      function i.pid() -- of the PgBouncer that wrote our pidfile
+        local text = fs.read(i.dir .. "/pgbouncer.pid")
+        return text and tonumber(text:match("%d+"))
+      end
+      return i
+    end
+
+    local function alive(pid)
+      return proc.run { "kill", "-0", tostring(pid) } == 0
+    end
+
+    after_each(function()
+      for _, f in ipairs(cleanups) do f() end
+      cleanups = {}
+    end)
+
+    it("stops a PgBouncer that was slow to become ready, starts it again, and keeps the new one alive",
+      function()
+      put(docs.healthy)
+      local i = instance()
+      -- the first start sleeps past supervise's 10 s readiness wait; later starts exec at once
+      local wrapper = D.write_file(i.dir .. "/slow-pgbouncer", table.concat({
+        "#!/bin/sh",
+        'if [ ! -e "$0.started" ]; then echo $$ > "$0.started"; sleep 12; fi',
+        "exec " .. P.pgbouncer .. ' "$@"', "" }, "\n"), "0755")
+      i.sv = D.start(i.args { "--pgbouncer-binary", wrapper }, { as_postgres = true })
+      assert(D.eventually(40, function() return served_by(i.port) == HOST_A end),
+        "PgBouncer never served: " .. tostring(i.sv:logs()))
+      local slow = assert(tonumber(assert(fs.read(wrapper .. ".started")):match("%d+")))
+      local first = i.pid()
+      assert.are_not.equal(slow, first, "the slow PgBouncer was kept: " .. i.sv:logs())
+      assert(D.eventually(10, function() return not alive(slow) end), "the slow PgBouncer still runs")
+      assert.matches("event=pgbouncer_not_ready", i.sv:logs(), 1, true)
+      -- and the PgBouncer that did become ready is kept alive
+      proc.run { "kill", "-KILL", tostring(first) }
+      assert(D.eventually(20, function()
+        local now = i.pid()
+        return now and now ~= first and served_by(i.port) == HOST_A
+      end), "PgBouncer was not restarted after SIGKILL: " .. i.sv:logs())
+      assert.is_true(i.sv:running())
+    end)
   end)
 end)
