@@ -4,7 +4,9 @@
 -- PgBouncer, and from then on re-renders and RELOADs only when the primary's address
 -- changes. A malformed document, a bad template or a failed write never replaces
 -- the last good config. On TERM/INT/QUIT: wait the grace period, DISABLE every
--- database, wait for clients to drain, then stop PgBouncer.
+-- database, wait for clients to drain, then stop PgBouncer. Only our own child is
+-- ever reloaded, disabled or stopped: supervise refuses to start where another
+-- PgBouncer listens, and ENABLEs what an earlier one of ours left disabled.
 --
 -- Copy this file and run it with `stolon-pgbouncer supervise --policy FILE` to change
 -- what happens; the steps below are the whole behaviour.
@@ -111,7 +113,7 @@ local state = {
   config_version = 0,   -- configs written so far
   written = task.event(), -- set at each config written while we have no ready child
   starting = nil,       -- our PgBouncer, spawned, not (yet) confirmed ready
-  child = nil,          -- our PgBouncer, confirmed alive and answering
+  child = nil,          -- our PgBouncer, confirmed alive and answering as itself
   stopping = false,
 }
 
@@ -132,12 +134,28 @@ local function write_config(master, cd)
   return true
 end
 
--- is_ready(p) -> true | nil, why: p, our child, is alive and its admin console answers.
+-- answers_as(pid) -> true | nil, why: the PgBouncer answering on the admin console is
+-- process pid: the pid in its pidfile is pid, or (no pidfile) it runs our config file.
+local function answers_as(pid)
+  local id, err = common.pgbouncer_identity(admin)
+  if not id then return nil, err end
+  if id.pid and id.pid ~= pid then
+    return nil, ("the PgBouncer answering is pid %d, not %d"):format(id.pid, pid)
+  end
+  if not id.pid and id.conffile ~= opts.pgbouncer_config_file then
+    return nil, ("the PgBouncer answering runs %s, not %s"):format(tostring(id.conffile), opts.pgbouncer_config_file)
+  end
+  return true
+end
+
+-- is_ready(p) -> true | nil, why: p, our child, is alive and is the PgBouncer answering
+-- on the admin console. Nothing but SHOW is sent to an admin console before this holds
+-- (issue 12: a foreign PgBouncer on our socket answered for a child that had exited).
 local function is_ready(p)
   if not p:running() then return nil, "it exited" end
-  local rows, err = admin:show("VERSION")
-  if rows and not p:running() then return nil, "it exited" end
-  return rows and true, err
+  local ok, err = answers_as(p:pid())
+  if ok and not p:running() then return nil, "it exited" end
+  return ok, err
 end
 
 -- ours_alive() -> our ready child, when it still runs
@@ -167,10 +185,25 @@ local function stop_child(p)
   end
 end
 
+-- The addresses our child will listen on must be free: if something answers there,
+-- our child would exit ("unix socket is in use") while we talked to the other one.
+local function address_in_use(ini)
+  local where, why = common.listener(opts, common.pgbouncer_listen_hosts(opts, ini))
+  if not where then return nil end
+  return ("something already listens on %s (%s): supervise runs its own PgBouncer there and touches "
+    .. "no other; stop that one, or run supervise with --no-child-process to manage it")
+    :format(where, tostring(why):gsub("%s+$", ""):gsub("\n%s*", "; "))
+end
+
 -- start_pgbouncer() -> p | nil, err: spawn PgBouncer with the config on disk and wait
--- until it answers. One that does not within --pgbouncer-start-timeout is
+-- until it answers as itself. One that does not within --pgbouncer-start-timeout is
 -- stopped. state.starting holds it meanwhile, so a shutdown stops it too.
 local function start_pgbouncer()
+  local in_use = address_in_use(fs.read(opts.pgbouncer_config_file))
+  if in_use then
+    L.error { event = "pgbouncer_address_in_use", error = in_use }
+    return nil, in_use
+  end
   local version = state.config_version
   local p, err = proc.spawn { opts.pgbouncer_binary, opts.pgbouncer_config_file }
   if not p then return nil, err end
@@ -294,9 +327,15 @@ local function watcher()
   end)
 end
 
--- Drain and stop our PgBouncer: only a child of ours that runs and answers (one still
--- starting may have clients already: it is drained once it answers, or stopped when
--- it does not). Nothing is sent once it has exited.
+-- Before DISABLE, drain_and_stop records here which databases it disables in which
+-- PgBouncer: if we die mid-drain, that PgBouncer outlives us with clients refused, and
+-- the next supervise ENABLEs them (enable_leftovers).
+local DISABLED_FILE = opts.pgbouncer_config_file .. ".disabled"
+
+-- Drain and stop our PgBouncer: only a child of ours that runs and answers as itself
+-- (one still starting may have clients already: it is drained once it answers, or
+-- stopped when it does not). Nothing is sent to a PgBouncer that is not ours, and
+-- nothing once ours has exited.
 local function drain_and_stop()
   local p = ours_alive()
   local s = state.starting
@@ -309,11 +348,15 @@ local function drain_and_stop()
   task.sleep(opts.termination_grace_period)
   if not p:running() then return end
   L.info { event = "disable", msg = "disabling new PgBouncer connections" }
+  local names = {}
   for _, db in ipairs(admin:show("DATABASES") or {}) do
-    if db.name ~= "pgbouncer" then
-      local ok, err = admin:disable(db.name)
-      if not ok then L.error { event = "disable_failed", database = db.name, error = tostring(err) } end
-    end
+    if db.name ~= "pgbouncer" then names[#names + 1] = db.name end
+  end
+  local _, werr = fs.write_atomic(DISABLED_FILE, ("pid=%d\n%s\n"):format(p:pid(), table.concat(names, "\n")), "0600")
+  if werr then L.error { event = "disable_record_failed", error = tostring(werr) } end
+  for _, name in ipairs(names) do
+    local ok, err = admin:disable(name)
+    if not ok then L.error { event = "disable_failed", database = name, error = tostring(err) } end
   end
   -- Outstanding = client connections (SHOW CLIENTS), not server ones: PgBouncer
   -- keeps idle server connections for server_idle_timeout, which would hold the
@@ -340,6 +383,28 @@ local function drain_and_stop()
   end
   L.info { event = "idle", msg = "no more connections in PgBouncer, shutting down" }
   if p:running() then stop_child(p) end
+  fs.remove(DISABLED_FILE) -- the DISABLEs ended with that PgBouncer
+end
+
+-- enable_leftovers(): ENABLE what an earlier supervise of ours DISABLEd in a PgBouncer
+-- that outlived it (DISABLED_FILE), if that very PgBouncer still answers: the pauser
+-- RESUMEs on start for the same reason.
+local function enable_leftovers()
+  local text = fs.read(DISABLED_FILE)
+  if not text then return end
+  local pid = tonumber(text:match("^pid=(%d+)"))
+  local ok, why = answers_as(pid or -1)
+  if ok then
+    for name in text:gmatch("\n([^\n]+)") do
+      local eok, eerr = admin:enable(name)
+      local log_at = eok and L.warn or L.error
+      log_at { event = "enable_leftover", database = name, pid = pid, error = eerr and tostring(eerr),
+        msg = "an earlier supervise left it disabled" }
+    end
+  else
+    L.info { event = "disable_record_stale", pid = pid, reason = tostring(why), msg = "that PgBouncer is gone" }
+  end
+  fs.remove(DISABLED_FILE)
 end
 
 local main_tasks = {}
@@ -362,7 +427,13 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do task.on_signal(sig, shutdown) 
 
 L.info { event = "start", key = key, endpoints = table.concat(opts.store_endpoints, ","),
   child_process = opts.child_process }
+enable_leftovers()
 if opts.child_process then
+  local in_use = address_in_use(fs.read(opts.pgbouncer_config_template_file))
+  if in_use then
+    L.error { event = "pgbouncer_address_in_use", error = in_use }
+    return 1
+  end
   main_tasks[#main_tasks + 1] = task.named("pgbouncer", keep_pgbouncer)
 end
 main_tasks[#main_tasks + 1] = task.named("worker", worker)

@@ -321,5 +321,88 @@ describe("supervise", function()
       end), "PgBouncer was not restarted after SIGKILL: " .. i.sv:logs())
       assert.is_true(i.sv:running())
     end)
+
+    -- A PgBouncer the spec starts itself (not supervise's) on port and socket_dir.
+    local function foreign_pgbouncer(port, socket_dir)
+      local b = P.start_pgbouncer { host = BOUNCER_HOST, port = port, target = pg_a,
+        settings = socket_dir and { unix_socket_dir = socket_dir } or nil }
+      table.insert(cleanups, 1, function() b:destroy() end)
+      function b.reloads()
+        local _, text = b.proc:output()
+        local n = 0
+        for _ in (text or ""):gmatch("RELOAD command issued") do n = n + 1 end
+        return n
+      end
+      return b
+    end
+
+    -- Wait until supervise exits by itself; TERM it otherwise (what an operator does
+    -- next). -> exited by itself, exit code, stderr
+    local function exits(d, seconds)
+      local by_itself = D.eventually(seconds, function() return not d:running() end) or false
+      local code, _, _, err = d:stop("TERM", 15)
+      return by_itself, code, err
+    end
+
+    it("refuses to start where another PgBouncer listens, names --no-child-process, and sends that one nothing",
+      function()
+      put(docs.healthy)
+      local other = foreign_pgbouncer(P.free_port(BOUNCER_HOST))
+      local i = instance { port = other.port, socket_dir = other.socket_dir }
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local by_itself, code, err = exits(i.sv, 15)
+      assert.equals(0, other.reloads(), "supervise RELOADed the other PgBouncer:\n" .. err)
+      assert.equals(HOST_A, served_by(other.port), "the other PgBouncer no longer serves:\n" .. err)
+      assert.is_true(by_itself, "supervise did not refuse to start:\n" .. err)
+      assert.equals(1, code, err)
+      assert.matches("--no-child-process", err, 1, true)
+      assert.matches(other.socket_dir .. "/.s.PGSQL." .. other.port, err, 1, true)
+      assert.is_nil(err:find("event=pgbouncer_started", 1, true), err)
+    end)
+
+    it("ENABLEs at start what an earlier supervise of its own left disabled", function()
+      put(docs.healthy)
+      local i = instance()
+      local early = D.start(i.args(), { as_postgres = true })
+      assert(D.eventually(15, function() return served_by(i.port) == HOST_A end), early:logs())
+      -- the earlier supervise dies (KILL) while it drains: its PgBouncer stays, disabled
+      local conn = assert(pg.connect({ host = BOUNCER_HOST, port = i.port, dbname = "postgres", user = "postgres" },
+        { timeout = 3 }))
+      assert(conn:query("SELECT 1"))
+      early:signal("TERM")
+      assert(D.eventually(10, function() return early:logs():find("event=shutdown_pending", 1, true) end),
+        early:logs())
+      early:stop("KILL")
+      conn:close()
+      local left = assert(i.pid())
+      assert.is_true(alive(left))
+      local _, derr = served_by(i.port)
+      assert.matches("disabled", tostring(derr))
+      -- a new supervise undoes that, and then refuses the port the old PgBouncer holds
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local by_itself, code, err = exits(i.sv, 15)
+      assert.equals(HOST_A, served_by(i.port), "still disabled:\n" .. err)
+      assert.matches("event=enable_leftover", err, 1, true)
+      assert.is_true(by_itself, "supervise did not refuse to start:\n" .. err)
+      assert.equals(1, code, err)
+      assert.is_true(alive(left))
+    end)
+
+    it("sends nothing to another PgBouncer that took its port while its own was down, not even on TERM",
+      function()
+      put(docs.healthy)
+      local i = instance()
+      i.sv = D.start(i.args { "--restart-backoff", "3s" }, { as_postgres = true })
+      assert(D.eventually(15, function() return served_by(i.port) == HOST_A end), i.sv:logs())
+      proc.run { "kill", "-KILL", tostring(i.pid()) }
+      local other = foreign_pgbouncer(i.port, i.dir)
+      put(docs.switched) -- a master change while the other one holds the port
+      task.sleep(6)      -- past the restart backoff: supervise tries to start its own again
+      assert.equals(HOST_A, served_by(i.port))
+      local _, _, err = exits(i.sv, 0)
+      assert.equals(0, other.reloads(), "supervise RELOADed the other PgBouncer:\n" .. err)
+      assert.equals(HOST_A, served_by(i.port), "the other PgBouncer no longer serves:\n" .. err)
+      assert.matches("event=pgbouncer_address_in_use", err, 1, true)
+    end)
   end)
 end)
