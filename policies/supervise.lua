@@ -277,8 +277,13 @@ local function apply(kv)
     return nil, werr
   end
   if opts.child_process and not ours_alive() then
-    -- no PgBouncer of ours runs: keep_pgbouncer starts one with this config
+    -- no PgBouncer of ours runs: keep_pgbouncer starts one with this config. Nothing
+    -- was reloaded, so neither the reload metric nor event=reloaded says so.
+    state.applied_host = addr
     state.written:set()
+    L.info { event = "config_written", host = master.host, keeper = master.keeper, revision = kv.mod_revision,
+      msg = "PgBouncer starts with it" }
+    return true
   else
     L.info { event = "reload" }
     local rok, rerr = admin:reload()

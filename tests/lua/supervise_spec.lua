@@ -153,6 +153,9 @@ describe("supervise", function()
     assert.equals(HOST_A, served_by())
     assert.equals(0, reloads())
     assert.matches("event=pgbouncer_started", sv:logs(), 1, true)
+    -- nothing was reloaded: no event or metric may say so
+    assert.is_nil(sv:logs():find("event=reloaded", 1, true))
+    assert.equals(0, metric('stolon_pgbouncer_last_reload_seconds{keeper="keeper0"}'))
   end)
 
   it("follows a master change with one RELOAD", function()
