@@ -49,8 +49,9 @@ describe("supervise", function()
     return 0
   end
 
-  local function reloads()
-    local log = fs.read(dir .. "/pgbouncer.log") or ""
+  -- RELOADs in a PgBouncer log (by default the suite's PgBouncer's logfile)
+  local function reloads(log)
+    log = log or fs.read(dir .. "/pgbouncer.log") or ""
     local n = 0
     for _ in log:gmatch("RELOAD command issued") do n = n + 1 end
     return n
@@ -275,7 +276,8 @@ describe("supervise", function()
       D.write_file(i.dir .. "/pgbouncer.ini.template", template_text(true, nil, i))
       cleanups[#cleanups + 1] = function()
         if i.sv then i.sv:stop("KILL") end
-        for _, pid in ipairs { i:pid() } do proc.run { "kill", "-KILL", tostring(pid) } end
+        local pid = i.pid()
+        if pid then proc.run { "kill", "-KILL", tostring(pid) } end
         proc.run { "rm", "-rf", i.dir }
       end
       function i.args(extra)
@@ -332,9 +334,7 @@ describe("supervise", function()
       table.insert(cleanups, 1, function() b:destroy() end)
       function b.reloads()
         local _, text = b.proc:output()
-        local n = 0
-        for _ in (text or ""):gmatch("RELOAD command issued") do n = n + 1 end
-        return n
+        return reloads(text or "")
       end
       return b
     end
