@@ -93,7 +93,7 @@ describe("supervise", function()
       "pool_mode = transaction",
       "server_login_retry = 1",
       "logfile = " .. d .. "/pgbouncer.log",
-      "pidfile = " .. d .. "/pgbouncer.pid",
+      (o and o.no_pidfile) and "" or "pidfile = " .. d .. "/pgbouncer.pid",
       extra_float_digits and "ignore_startup_parameters = extra_float_digits" or "",
       "",
     }, "\n")
@@ -325,6 +325,19 @@ describe("supervise", function()
         return now and now ~= first and served_by(i.port) == HOST_A
       end), "PgBouncer was not restarted after SIGKILL: " .. i.sv:logs())
       assert.is_true(i.sv:running())
+    end)
+
+    it("without a pidfile in the template, knows its child by the config file it runs", function()
+      put(docs.healthy)
+      local i = instance { no_pidfile = true }
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local ok = D.eventually(15, function() return served_by(i.port) == HOST_A end)
+      local code, _, _, err = i.sv:stop("TERM", 15)
+      assert(ok, "PgBouncer never served:\n" .. tostring(err))
+      assert.equals(0, code, err)
+      assert.is_nil(err:find("event=pgbouncer_not_ready", 1, true), err)
+      assert.matches("event=idle", err, 1, true)
+      assert.is_nil((served_by(i.port)))
     end)
 
     -- A PgBouncer the spec starts itself (not supervise's) on port and socket_dir.
