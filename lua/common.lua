@@ -6,6 +6,7 @@ local etcd = require "etcd"
 local fs = require "fs"
 local log = require "log"
 local metrics = require "metrics"
+local pg = require "pg"
 local pgbouncer = require "pgbouncer"
 local proc = require "proc"
 local stolon = require "stolon"
@@ -166,7 +167,6 @@ end
 -- a free address (PgBouncer replaces a stale socket file itself); any other answer,
 -- an error included, is someone listening. No password is sent. Task only; yields.
 function M.listener(opts, hosts)
-  local pg = require "pg"
   local port = opts.pgbouncer_port
   for _, host in ipairs(hosts) do
     local conn, err = pg.connect({ host = host, port = port, dbname = opts.pgbouncer_database,
