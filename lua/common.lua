@@ -6,6 +6,7 @@ local etcd = require "etcd"
 local fs = require "fs"
 local log = require "log"
 local metrics = require "metrics"
+local pg = require "pg"
 local pgbouncer = require "pgbouncer"
 local proc = require "proc"
 local stolon = require "stolon"
@@ -160,6 +161,73 @@ function M.pgbouncer_admin(opts, timeout)
     conf.socket_dir = opts.pgbouncer_socket_dir
   end
   return pgbouncer.connect(conf)
+end
+
+-- pgbouncer_listen_hosts(opts, ini) -> hosts: where a PgBouncer run with the config
+-- text ini (a template or the rendered file) and reached with opts would listen:
+-- --pgbouncer-host or else the folder --pgbouncer-socket-dir, ini's unix_socket_dir,
+-- and each literal address of ini's listen_addr ("*" is probed on 127.0.0.1). Values
+-- that are template actions are skipped: they are only known once rendered.
+function M.pgbouncer_listen_hosts(opts, ini)
+  local hosts, seen = {}, {}
+  local function add(h)
+    h = h and h:match("^%s*(.-)%s*$")
+    if h and h ~= "" and not h:find("{{", 1, true) and not seen[h] then
+      seen[h] = true
+      hosts[#hosts + 1] = h
+    end
+  end
+  if opts.pgbouncer_host and opts.pgbouncer_host ~= "" then
+    add(opts.pgbouncer_host)
+  else
+    add(opts.pgbouncer_socket_dir)
+  end
+  for line in (ini or ""):gmatch("[^\n]+") do
+    local k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
+    if k == "unix_socket_dir" then add(v) end
+    if k == "listen_addr" then
+      for a in v:gmatch("[^,]+") do add((a:gsub("^%s*%*%s*$", "127.0.0.1"))) end
+    end
+  end
+  return hosts
+end
+
+-- listener(opts, hosts) -> where, detail | nil: the first of hosts (socket folders or
+-- addresses) where something accepts connections on --pgbouncer-port, named as
+-- "dir/.s.PGSQL.port" or "host:port". A refused connection or a missing socket file is
+-- a free address (PgBouncer replaces a stale socket file itself); any other answer,
+-- an error included, is someone listening. No password is sent. Task only; yields.
+function M.listener(opts, hosts)
+  local port = opts.pgbouncer_port
+  for _, host in ipairs(hosts) do
+    local conn, err = pg.connect({ host = host, port = port, dbname = opts.pgbouncer_database,
+      user = opts.pgbouncer_user }, { timeout = 3 })
+    if conn then conn:close() end
+    local free = not conn and (err:find("No such file or directory", 1, true)
+      or err:find("Connection refused", 1, true) or err:find("Cannot assign requested address", 1, true))
+    if not free then
+      local where = host:sub(1, 1) == "/" and ("%s/.s.PGSQL.%d"):format(host, port) or ("%s:%d"):format(host, port)
+      return where, err or "accepted a connection"
+    end
+  end
+  return nil
+end
+
+-- pgbouncer_identity(admin) -> {pid=, conffile=} | nil, err: who answers on the admin
+-- console: its config file and its pid, read from the pidfile it names in SHOW CONFIG
+-- (pid is nil when it keeps no pidfile). Task only; yields.
+function M.pgbouncer_identity(admin)
+  local rows, err = admin:show("CONFIG")
+  if not rows then return nil, err end
+  local conf = {}
+  for _, r in ipairs(rows) do conf[r.key] = r.value end
+  local id = { conffile = conf.conffile }
+  if conf.pidfile and conf.pidfile ~= "" then
+    local text, rerr = fs.read(conf.pidfile)
+    id.pid = text and tonumber(text:match("%d+"))
+    if not id.pid then return nil, ("pidfile %s: %s"):format(conf.pidfile, tostring(rerr or "no pid in it")) end
+  end
+  return id
 end
 
 -- The original tool's metrics, same names and labels, plus ours (prefixed the same).

@@ -4,7 +4,9 @@
 -- PgBouncer, and from then on re-renders and RELOADs only when the primary's address
 -- changes. A malformed document, a bad template or a failed write never replaces
 -- the last good config. On TERM/INT/QUIT: wait the grace period, DISABLE every
--- database, wait for clients to drain, then stop PgBouncer.
+-- database, wait for clients to drain, then stop PgBouncer. Only our own child is
+-- ever reloaded, disabled or stopped: supervise refuses to start where another
+-- PgBouncer listens, and ENABLEs what an earlier one of ours left disabled.
 --
 -- Copy this file and run it with `stolon-pgbouncer supervise --policy FILE` to change
 -- what happens; the steps below are the whole behaviour.
@@ -28,8 +30,10 @@ local spec = common.spec(common.global_flags, common.stolon_flags, common.pgboun
   { name = "child-process", type = "bool", default = "true",
     help = "Run PgBouncer as our child (--no-child-process: only render and RELOAD)" },
   { name = "pgbouncer-binary", default = "pgbouncer", help = "PgBouncer program to run" },
+  { name = "pgbouncer-start-timeout", type = "duration", default = "10s",
+    help = "Stop and start again a PgBouncer that does not answer within this time of its start" },
   { name = "restart-backoff", type = "duration", default = "1s",
-    help = "First delay before restarting a PgBouncer that exited (doubles up to 30s)" },
+    help = "First delay before restarting a PgBouncer that exited or never answered (doubles up to 30s)" },
 })
 
 local opts = flags.parse_or_exit(spec, arg, { command = "supervise", description = "Manages local PgBouncer" })
@@ -119,7 +123,10 @@ local state = {
   latest = nil,         -- newest kv seen
   applied_host = nil,   -- host:port PgBouncer was last reloaded to
   changed = task.event(),
-  child = nil,
+  config_version = 0,   -- configs written so far
+  written = task.event(), -- set at each config written while we have no ready child
+  starting = nil,       -- our PgBouncer, spawned, not (yet) confirmed ready
+  child = nil,          -- our PgBouncer, confirmed alive and answering as itself
   stopping = false,
 }
 
@@ -136,47 +143,125 @@ local function write_config(master, cd)
     m.config_errors:inc(1, { reason = "write" })
     return nil, werr
   end
+  state.config_version = state.config_version + 1
   return true
 end
 
-local function wait_admin_ready(timeout)
+-- answers_as(pid) -> true | nil, why: the PgBouncer answering on the admin console is
+-- process pid: the pid in its pidfile is pid, or (no pidfile) it runs our config file.
+local function answers_as(pid)
+  local id, err = common.pgbouncer_identity(admin)
+  if not id then return nil, err end
+  if id.pid and id.pid ~= pid then
+    return nil, ("the PgBouncer answering is pid %d, not %d"):format(id.pid, pid)
+  end
+  if not id.pid and id.conffile ~= opts.pgbouncer_config_file then
+    return nil, ("the PgBouncer answering runs %s, not %s"):format(tostring(id.conffile), opts.pgbouncer_config_file)
+  end
+  return true
+end
+
+-- is_ready(p) -> true | nil, why: p, our child, is alive and is the PgBouncer answering
+-- on the admin console. Nothing but SHOW is sent to an admin console before this holds
+-- (issue 12: a foreign PgBouncer on our socket answered for a child that had exited).
+local function is_ready(p)
+  if not p:running() then return nil, "it exited" end
+  local ok, err = answers_as(p:pid())
+  if ok and not p:running() then return nil, "it exited" end
+  return ok, err
+end
+
+-- ours_alive() -> our ready child, when it still runs
+local function ours_alive()
+  local p = state.child
+  if p and p:running() then return p end
+end
+
+local function wait_ready(p, timeout)
   local deadline = task.now() + timeout
-  local err
+  local ok, err
   repeat
-    local rows
-    rows, err = admin:show("VERSION")
-    if rows then return true end
+    ok, err = is_ready(p)
+    if ok or not p:running() then break end
     task.sleep(0.05)
   until task.now() > deadline
-  return nil, err
+  return ok, err
 end
 
+-- stop_child(p): PgBouncer's safe shutdown (INT), KILL after 10 s; waits until it is
+-- reaped. Task only; yields.
+local function stop_child(p)
+  p:signal("INT")
+  if not p:wait(10) then
+    p:signal("KILL")
+    p:wait(5)
+  end
+end
+
+-- The addresses our child will listen on must be free: if something answers there,
+-- our child would exit ("unix socket is in use") while we talked to the other one.
+local function address_in_use(ini)
+  local where, why = common.listener(opts, common.pgbouncer_listen_hosts(opts, ini))
+  if not where then return nil end
+  return ("something already listens on %s (%s): supervise runs its own PgBouncer there and touches "
+    .. "no other; stop that one, or run supervise with --no-child-process to manage it")
+    :format(where, tostring(why):gsub("%s+$", ""):gsub("\n%s*", "; "))
+end
+
+-- start_pgbouncer() -> p | nil, err: spawn PgBouncer with the config on disk and wait
+-- until it answers as itself. One that does not within --pgbouncer-start-timeout is
+-- stopped. state.starting holds it meanwhile, so a shutdown stops it too.
 local function start_pgbouncer()
+  local in_use = address_in_use(fs.read(opts.pgbouncer_config_file))
+  if in_use then
+    L.error { event = "pgbouncer_address_in_use", error = in_use }
+    return nil, in_use
+  end
+  local version = state.config_version
   local p, err = proc.spawn { opts.pgbouncer_binary, opts.pgbouncer_config_file }
   if not p then return nil, err end
-  state.child = p
+  state.starting = p
   L.info { event = "pgbouncer_started", pid = p:pid() }
-  return wait_admin_ready(10)
+  local ok, rerr = wait_ready(p, opts.pgbouncer_start_timeout)
+  if not ok then
+    L.error { event = "pgbouncer_not_ready", pid = p:pid(), error = tostring(rerr), msg = "stopping it" }
+    if p:running() then stop_child(p) end
+    state.starting = nil
+    return nil, "not ready: " .. tostring(rerr)
+  end
+  state.child, state.starting = p, nil
+  -- a config written while it started may have come after it read its own
+  if state.config_version ~= version then
+    local rok, rrerr = admin:reload()
+    if not rok then
+      m.reload_errors:inc()
+      L.error { event = "reload_failed", error = tostring(rrerr) }
+    end
+  end
+  return p
 end
 
--- Keep the child PgBouncer running: if it exits while we are not stopping, start
--- it again with the current config, backing off (documented in the README).
-local function keep_alive()
+-- Keep our PgBouncer running, from the first config written until shutdown: start it,
+-- wait for it to exit, start it again, backing off while starts fail (documented in
+-- the README). A top-level task: the worker that writes configs may be cancelled while
+-- this one must still account for the child it started.
+local function keep_pgbouncer()
+  while state.config_version == 0 do state.written:wait() end
   local backoff = opts.restart_backoff
   while not state.stopping do
-    local code, sig = state.child:wait()
-    if state.stopping then return end
-    L.error { event = "pgbouncer_exited", code = tostring(code), signal = tostring(sig), restart_in = backoff }
-    m.pgbouncer_restarts:inc()
-    task.sleep(backoff)
-    if state.stopping then return end
-    local ok, err = start_pgbouncer()
-    if ok then
+    local p, err = start_pgbouncer()
+    if p then
       backoff = opts.restart_backoff
+      local code, sig = p:wait()
+      if state.stopping then return end
+      state.child = nil
+      L.error { event = "pgbouncer_exited", code = tostring(code), signal = tostring(sig), restart_in = backoff }
+      m.pgbouncer_restarts:inc()
     else
-      L.error { event = "pgbouncer_restart_failed", error = tostring(err) }
+      L.error { event = "pgbouncer_start_failed", error = tostring(err), retry_in = backoff }
       backoff = math.min(backoff * 2, 30)
     end
+    task.sleep(backoff)
   end
 end
 
@@ -204,10 +289,14 @@ local function apply(kv)
     L.error { event = "config_write_failed", error = werr, msg = "keeping the current PgBouncer config" }
     return nil, werr
   end
-  if opts.child_process and not state.child then
-    local sok, serr = start_pgbouncer()
-    if not sok then return nil, "start pgbouncer: " .. tostring(serr) end
-    task.named("pgbouncer-keepalive", keep_alive)
+  if opts.child_process and not ours_alive() then
+    -- no PgBouncer of ours runs: keep_pgbouncer starts one with this config. Nothing
+    -- was reloaded, so neither the reload metric nor event=reloaded says so.
+    state.applied_host = addr
+    state.written:set()
+    L.info { event = "config_written", host = master.host, keeper = master.keeper, revision = kv.mod_revision,
+      msg = "PgBouncer starts with it" }
+    return true
   else
     L.info { event = "reload" }
     local rok, rerr = admin:reload()
@@ -257,22 +346,41 @@ local function watcher()
   end)
 end
 
+-- Before DISABLE, drain_and_stop records here which databases it disables in which
+-- PgBouncer: if we die mid-drain, that PgBouncer outlives us with clients refused, and
+-- the next supervise ENABLEs them (enable_leftovers).
+local DISABLED_FILE = opts.pgbouncer_config_file .. ".disabled"
+
+-- Drain and stop our PgBouncer: only a child of ours that runs and answers as itself
+-- (one still starting may have clients already: it is drained once it answers, or
+-- stopped when it does not). Nothing is sent to a PgBouncer that is not ours, and
+-- nothing once ours has exited.
 local function drain_and_stop()
-  if not state.child then return end
+  local p = ours_alive()
+  local s = state.starting
+  if not p and s and s:running() then
+    if not wait_ready(s, opts.pgbouncer_start_timeout) then return stop_child(s) end
+    p, state.child, state.starting = s, s, nil
+  end
+  if not p then return end
   L.info { event = "termination_grace_period", msg = "waiting for grace period", seconds = opts.termination_grace_period }
   task.sleep(opts.termination_grace_period)
+  if not p:running() then return end
   L.info { event = "disable", msg = "disabling new PgBouncer connections" }
-  local dbs = admin:show("DATABASES")
-  for _, db in ipairs(dbs or {}) do
-    if db.name ~= "pgbouncer" then
-      local ok, err = admin:disable(db.name)
-      if not ok then L.error { event = "disable_failed", database = db.name, error = tostring(err) } end
-    end
+  local names = {}
+  for _, db in ipairs(admin:show("DATABASES") or {}) do
+    if db.name ~= "pgbouncer" then names[#names + 1] = db.name end
+  end
+  local _, werr = fs.write_atomic(DISABLED_FILE, ("pid=%d\n%s\n"):format(p:pid(), table.concat(names, "\n")), "0600")
+  if werr then L.error { event = "disable_record_failed", error = tostring(werr) } end
+  for _, name in ipairs(names) do
+    local ok, err = admin:disable(name)
+    if not ok then L.error { event = "disable_failed", database = name, error = tostring(err) } end
   end
   -- Outstanding = client connections (SHOW CLIENTS), not server ones: PgBouncer
   -- keeps idle server connections for server_idle_timeout, which would hold the
   -- shutdown for minutes with no client left.
-  while true do
+  while p:running() do
     local rows, err = admin:show("CLIENTS")
     if not rows then
       L.error { event = "pgbouncer.error", error = tostring(err), msg = "could not contact PgBouncer" }
@@ -293,11 +401,29 @@ local function drain_and_stop()
     task.sleep(opts.termination_poll_interval)
   end
   L.info { event = "idle", msg = "no more connections in PgBouncer, shutting down" }
-  state.child:signal("INT") -- PgBouncer's safe shutdown
-  if not state.child:wait(10) then
-    state.child:signal("KILL")
-    state.child:wait(5)
+  if p:running() then stop_child(p) end
+  fs.remove(DISABLED_FILE) -- the DISABLEs ended with that PgBouncer
+end
+
+-- enable_leftovers(): ENABLE what an earlier supervise of ours DISABLEd in a PgBouncer
+-- that outlived it (DISABLED_FILE), if that very PgBouncer still answers: the pauser
+-- RESUMEs on start for the same reason.
+local function enable_leftovers()
+  local text = fs.read(DISABLED_FILE)
+  if not text then return end
+  local pid = tonumber(text:match("^pid=(%d+)"))
+  local ok, why = answers_as(pid or -1)
+  if ok then
+    for name in text:gmatch("\n([^\n]+)") do
+      local eok, eerr = admin:enable(name)
+      local log_at = eok and L.warn or L.error
+      log_at { event = "enable_leftover", database = name, pid = pid, error = eerr and tostring(eerr),
+        msg = "an earlier supervise left it disabled" }
+    end
+  else
+    L.info { event = "disable_record_stale", pid = pid, reason = tostring(why), msg = "that PgBouncer is gone" }
   end
+  fs.remove(DISABLED_FILE)
 end
 
 local main_tasks = {}
@@ -306,6 +432,7 @@ local function shutdown(signame)
   if state.stopping then
     L.error { event = "second_signal", msg = "received second signal, exiting immediately" }
     if state.child then state.child:signal("TERM") end
+    if state.starting then state.starting:signal("TERM") end
     os.exit(1)
   end
   state.stopping = true
@@ -320,6 +447,15 @@ for _, sig in ipairs { "TERM", "INT", "QUIT" } do task.on_signal(sig, shutdown) 
 
 L.info { event = "start", key = key, endpoints = table.concat(opts.store_endpoints, ","),
   child_process = opts.child_process }
+enable_leftovers()
+if opts.child_process then
+  local in_use = address_in_use(fs.read(opts.pgbouncer_config_template_file))
+  if in_use then
+    L.error { event = "pgbouncer_address_in_use", error = in_use }
+    return 1
+  end
+  main_tasks[#main_tasks + 1] = task.named("pgbouncer", keep_pgbouncer)
+end
 main_tasks[#main_tasks + 1] = task.named("worker", worker)
 main_tasks[#main_tasks + 1] = task.named("watcher", watcher)
 done:wait()

@@ -49,8 +49,9 @@ describe("supervise", function()
     return 0
   end
 
-  local function reloads()
-    local log = fs.read(dir .. "/pgbouncer.log") or ""
+  -- RELOADs in a PgBouncer log (by default the suite's PgBouncer's logfile)
+  local function reloads(log)
+    log = log or fs.read(dir .. "/pgbouncer.log") or ""
     local n = 0
     for _ in log:gmatch("RELOAD command issued") do n = n + 1 end
     return n
@@ -63,10 +64,11 @@ describe("supervise", function()
     end
   end
 
-  -- inet_server_addr() of a query through the supervised PgBouncer (new connection).
-  local function served_by()
-    local conn, err = pg.connect({ host = BOUNCER_HOST, port = bouncer_port, dbname = "postgres", user = "postgres" },
-      { timeout = 3 })
+  -- inet_server_addr() of a query through the supervised PgBouncer (new connection),
+  -- or through the one on port.
+  local function served_by(port)
+    local conn, err = pg.connect({ host = BOUNCER_HOST, port = port or bouncer_port, dbname = "postgres",
+      user = "postgres" }, { timeout = 3 })
     if not conn then return nil, err end
     local rows, qerr = conn:query_opts { sql = "SELECT host(inet_server_addr()) AS addr", timeout = 3 }
     conn:close()
@@ -74,31 +76,33 @@ describe("supervise", function()
     return rows[1].addr
   end
 
-  local function template_text(extra_float_digits, body)
+  -- o: {port=, dir=, socket_dir=} of a PgBouncer other than the suite's main one
+  local function template_text(extra_float_digits, body, o)
+    local port, d = o and o.port or bouncer_port, o and o.dir or dir
     return table.concat({
       "[databases]",
       body or "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
       "",
       "[pgbouncer]",
       "listen_addr = " .. BOUNCER_HOST,
-      "listen_port = " .. bouncer_port,
-      "unix_socket_dir = " .. dir,
+      "listen_port = " .. port,
+      "unix_socket_dir = " .. (o and o.socket_dir or d),
       "auth_type = trust",
-      "auth_file = " .. dir .. "/userlist.txt",
+      "auth_file = " .. d .. "/userlist.txt",
       "admin_users = pgbouncer",
       "pool_mode = transaction",
       "server_login_retry = 1",
-      "logfile = " .. dir .. "/pgbouncer.log",
-      "pidfile = " .. dir .. "/pgbouncer.pid",
+      "logfile = " .. d .. "/pgbouncer.log",
+      (o and o.no_pidfile) and "" or "pidfile = " .. d .. "/pgbouncer.pid",
       extra_float_digits and "ignore_startup_parameters = extra_float_digits" or "",
       "",
     }, "\n")
   end
 
-  local function supervise_args(config, tmpl, port)
+  local function supervise_args(config, tmpl, port, socket_dir)
     return { "supervise", "--cluster-name", CLUSTER, "--store-endpoints", endpoint,
       "--pgbouncer-config-file", config, "--pgbouncer-config-template-file", tmpl,
-      "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(port or bouncer_port),
+      "--pgbouncer-socket-dir", socket_dir or dir, "--pgbouncer-port", tostring(port or bouncer_port),
       "--pgbouncer-binary", P.pgbouncer, "--metrics-address", BOUNCER_HOST, "--metrics-port",
       tostring(port and 0 or metrics_port), "--poll-interval", "5s", "--termination-grace-period", "0s",
       "--termination-poll-interval", "300ms", "--pgbouncer-retry-timeout", "1s" }
@@ -150,6 +154,9 @@ describe("supervise", function()
     assert.equals(HOST_A, served_by())
     assert.equals(0, reloads())
     assert.matches("event=pgbouncer_started", sv:logs(), 1, true)
+    -- nothing was reloaded: no event or metric may say so
+    assert.is_nil(sv:logs():find("event=reloaded", 1, true))
+    assert.equals(0, metric('stolon_pgbouncer_last_reload_seconds{keeper="keeper0"}'))
   end)
 
   it("follows a master change with one RELOAD", function()
@@ -253,5 +260,165 @@ describe("supervise", function()
     assert.matches("event=idle", logs, 1, true)
     assert.is_nil((served_by()))
     sv = nil
+  end)
+
+  -- Each case below runs its own supervise on its own port and folder (issue 12).
+  describe("and PgBouncers that are not its own", function()
+    local cleanups = {}
+
+    -- A folder, a free port and a template for one more supervise; o.socket_dir (the
+    -- folder by default) is where its PgBouncer's unix socket goes.
+    local function instance(o)
+      o = o or {}
+      local i = { dir = P.tmpdir("spgb-supervise-own"), port = o.port or P.free_port(BOUNCER_HOST) }
+      i.socket_dir = o.socket_dir or i.dir
+      D.write_file(i.dir .. "/userlist.txt", '"pgbouncer" ""\n"postgres" ""\n')
+      D.write_file(i.dir .. "/pgbouncer.ini.template", template_text(true, nil, i))
+      cleanups[#cleanups + 1] = function()
+        if i.sv then i.sv:stop("KILL") end
+        local pid = i.pid()
+        if pid then proc.run { "kill", "-KILL", tostring(pid) } end
+        proc.run { "rm", "-rf", i.dir }
+      end
+      function i.args(extra)
+        local a = supervise_args(i.dir .. "/pgbouncer.ini", i.dir .. "/pgbouncer.ini.template", i.port, i.socket_dir)
+        for _, x in ipairs(extra or {}) do a[#a + 1] = x end
+        return a
+      end
+      function i.pid() -- of the PgBouncer that wrote our pidfile
+        local text = fs.read(i.dir .. "/pgbouncer.pid")
+        return text and tonumber(text:match("%d+"))
+      end
+      return i
+    end
+
+    local function alive(pid)
+      return proc.run { "kill", "-0", tostring(pid) } == 0
+    end
+
+    after_each(function()
+      for _, f in ipairs(cleanups) do f() end
+      cleanups = {}
+    end)
+
+    it("stops a PgBouncer that was slow to become ready, starts it again, and keeps the new one alive",
+      function()
+      put(docs.healthy)
+      local i = instance()
+      -- the first start sleeps past supervise's 10 s readiness wait; later starts exec at once
+      local wrapper = D.write_file(i.dir .. "/slow-pgbouncer", table.concat({
+        "#!/bin/sh",
+        'if [ ! -e "$0.started" ]; then echo $$ > "$0.started"; sleep 12; fi',
+        "exec " .. P.pgbouncer .. ' "$@"', "" }, "\n"), "0755")
+      i.sv = D.start(i.args { "--pgbouncer-binary", wrapper }, { as_postgres = true })
+      assert(D.eventually(40, function() return served_by(i.port) == HOST_A end),
+        "PgBouncer never served: " .. tostring(i.sv:logs()))
+      local slow = assert(tonumber(assert(fs.read(wrapper .. ".started")):match("%d+")))
+      local first = i.pid()
+      assert.are_not.equal(slow, first, "the slow PgBouncer was kept: " .. i.sv:logs())
+      assert(D.eventually(10, function() return not alive(slow) end), "the slow PgBouncer still runs")
+      assert.matches("event=pgbouncer_not_ready", i.sv:logs(), 1, true)
+      -- and the PgBouncer that did become ready is kept alive
+      proc.run { "kill", "-KILL", tostring(first) }
+      assert(D.eventually(20, function()
+        local now = i.pid()
+        return now and now ~= first and served_by(i.port) == HOST_A
+      end), "PgBouncer was not restarted after SIGKILL: " .. i.sv:logs())
+      assert.is_true(i.sv:running())
+    end)
+
+    it("without a pidfile in the template, knows its child by the config file it runs", function()
+      put(docs.healthy)
+      local i = instance { no_pidfile = true }
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local ok = D.eventually(15, function() return served_by(i.port) == HOST_A end)
+      local code, _, _, err = i.sv:stop("TERM", 15)
+      assert(ok, "PgBouncer never served:\n" .. tostring(err))
+      assert.equals(0, code, err)
+      assert.is_nil(err:find("event=pgbouncer_not_ready", 1, true), err)
+      assert.matches("event=idle", err, 1, true)
+      assert.is_nil((served_by(i.port)))
+    end)
+
+    -- A PgBouncer the spec starts itself (not supervise's) on port and socket_dir.
+    local function foreign_pgbouncer(port, socket_dir)
+      local b = P.start_pgbouncer { host = BOUNCER_HOST, port = port, target = pg_a,
+        settings = socket_dir and { unix_socket_dir = socket_dir } or nil }
+      table.insert(cleanups, 1, function() b:destroy() end)
+      function b.reloads()
+        local _, text = b.proc:output()
+        return reloads(text or "")
+      end
+      return b
+    end
+
+    -- Wait until supervise exits by itself; TERM it otherwise (what an operator does
+    -- next). -> exited by itself, exit code, stderr
+    local function exits(d, seconds)
+      local by_itself = D.eventually(seconds, function() return not d:running() end) or false
+      local code, _, _, err = d:stop("TERM", 15)
+      return by_itself, code, err
+    end
+
+    it("refuses to start where another PgBouncer listens, names --no-child-process, and sends that one nothing",
+      function()
+      put(docs.healthy)
+      local other = foreign_pgbouncer(P.free_port(BOUNCER_HOST))
+      local i = instance { port = other.port, socket_dir = other.socket_dir }
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local by_itself, code, err = exits(i.sv, 15)
+      assert.equals(0, other.reloads(), "supervise RELOADed the other PgBouncer:\n" .. err)
+      assert.equals(HOST_A, served_by(other.port), "the other PgBouncer no longer serves:\n" .. err)
+      assert.is_true(by_itself, "supervise did not refuse to start:\n" .. err)
+      assert.equals(1, code, err)
+      assert.matches("--no-child-process", err, 1, true)
+      assert.matches(other.socket_dir .. "/.s.PGSQL." .. other.port, err, 1, true)
+      assert.is_nil(err:find("event=pgbouncer_started", 1, true), err)
+    end)
+
+    it("ENABLEs at start what an earlier supervise of its own left disabled", function()
+      put(docs.healthy)
+      local i = instance()
+      local early = D.start(i.args(), { as_postgres = true })
+      assert(D.eventually(15, function() return served_by(i.port) == HOST_A end), early:logs())
+      -- the earlier supervise dies (KILL) while it drains: its PgBouncer stays, disabled
+      local conn = assert(pg.connect({ host = BOUNCER_HOST, port = i.port, dbname = "postgres", user = "postgres" },
+        { timeout = 3 }))
+      assert(conn:query("SELECT 1"))
+      early:signal("TERM")
+      assert(D.eventually(10, function() return early:logs():find("event=shutdown_pending", 1, true) end),
+        early:logs())
+      early:stop("KILL")
+      conn:close()
+      local left = assert(i.pid())
+      assert.is_true(alive(left))
+      local _, derr = served_by(i.port)
+      assert.matches("disabled", tostring(derr))
+      -- a new supervise undoes that, and then refuses the port the old PgBouncer holds
+      i.sv = D.start(i.args(), { as_postgres = true })
+      local by_itself, code, err = exits(i.sv, 15)
+      assert.equals(HOST_A, served_by(i.port), "still disabled:\n" .. err)
+      assert.matches("event=enable_leftover", err, 1, true)
+      assert.is_true(by_itself, "supervise did not refuse to start:\n" .. err)
+      assert.equals(1, code, err)
+      assert.is_true(alive(left))
+    end)
+
+    it("sends nothing to another PgBouncer that took its port while its own was down, not even on TERM",
+      function()
+      put(docs.healthy)
+      local i = instance()
+      i.sv = D.start(i.args { "--restart-backoff", "3s" }, { as_postgres = true })
+      assert(D.eventually(15, function() return served_by(i.port) == HOST_A end), i.sv:logs())
+      proc.run { "kill", "-KILL", tostring(i.pid()) }
+      local other = foreign_pgbouncer(i.port, i.dir)
+      put(docs.switched) -- a master change while the other one holds the port
+      task.sleep(6)      -- past the restart backoff: supervise tries to start its own again
+      assert.equals(HOST_A, served_by(i.port))
+      local _, _, err = exits(i.sv, 0)
+      assert.equals(0, other.reloads(), "supervise RELOADed the other PgBouncer:\n" .. err)
+      assert.equals(HOST_A, served_by(i.port), "the other PgBouncer no longer serves:\n" .. err)
+      assert.matches("event=pgbouncer_address_in_use", err, 1, true)
+    end)
   end)
 end)
