@@ -188,6 +188,14 @@ local function wait_ready(p, timeout)
   return ok, err
 end
 
+-- announce(): tell systemd (Type=notify) that PgBouncer accepts and where it routes:
+-- READY=1 the first time, the route in STATUS= every time. A no-op without systemd.
+local function announce()
+  local status = "STATUS=PgBouncer routes to " .. tostring(state.applied_host)
+  require("notify").send(state.announced and status or ("READY=1\n" .. status))
+  state.announced = true
+end
+
 -- stop_child(p): PgBouncer's safe shutdown (INT), KILL after 10 s; waits until it is
 -- reaped. Task only; yields.
 local function stop_child(p)
@@ -230,6 +238,7 @@ local function start_pgbouncer()
     return nil, "not ready: " .. tostring(rerr)
   end
   state.child, state.starting = p, nil
+  announce()
   -- a config written while it started may have come after it read its own
   if state.config_version ~= version then
     local rok, rrerr = admin:reload()
@@ -310,7 +319,7 @@ local function apply(kv)
     if not rc_ok then L.warn { event = "reconnect_failed", error = tostring(rc_err) } end
   end
   state.applied_host = addr
-  require("notify").send("READY=1\nSTATUS=PgBouncer routes to " .. addr)
+  announce()
   m.last_reload_seconds:set(common.unix_now(), { keeper = master.keeper })
   L.info { event = "reloaded", host = master.host, keeper = master.keeper, revision = kv.mod_revision }
   return true
