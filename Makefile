@@ -118,8 +118,11 @@ check-c: $(CTESTBINS)
 # Every spec file under tests/lua runs inside our own host, so specs use the real primitives.
 BUSTED_ARGS ?=
 LUA_SPECS ?= tests/lua
+# SPGB_STAGE_DIR: where the suites copy the binary that daemons run as postgres
+# (lua/playground/stage.lua), removed after the run whatever happens.
 check-lua: all | $(AFTER_DEPS)
-	$(Q)./$(BIN) run "$$(command -v busted)" --helper=tests/lua/support/init.lua \
+	$(Q)stage=$$(mktemp -d /tmp/spgb-stage.XXXXXX) && trap 'rm -rf "$$stage"' EXIT INT TERM && \
+	  SPGB_STAGE_DIR=$$stage ./$(BIN) run "$$(command -v busted)" --helper=tests/lua/support/init.lua \
 	  -o utfTerminal $(BUSTED_ARGS) $(LUA_SPECS)
 
 lint: | $(AFTER_DEPS)
