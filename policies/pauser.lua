@@ -26,6 +26,7 @@
 -- access keeps such a pause until the expiry, as before. With a token, every call needs
 -- `Authorization: <token>` (or `Bearer <token>`), compared in constant time.
 local common = require "common"
+local json_null = require("cjson.safe").null
 local flags = require "flags"
 local http = require "http"
 local log = require "log"
@@ -251,7 +252,10 @@ local function pause(body)
   if timeout <= 0 or expiry <= 0 or timeout > 3600 or expiry > 3600 then
     return 400, { error = "timeout and expiry must be seconds in (0, 3600]" }
   end
+  -- JSON null reads as absent, like a field left out
   local key, lease = body.lease_key, body.lease
+  if key == json_null then key = nil end
+  if lease == json_null then lease = nil end
   if key ~= nil and (type(key) ~= "string" or key == "" or #key > 512) then
     return 400, { error = "lease_key must be a non-empty string" }
   end

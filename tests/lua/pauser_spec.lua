@@ -135,6 +135,11 @@ describe("pauser", function()
     assert.is_nil(h.lease)
     assert.equals(400, (call("POST", "/pause", '{"timeout": 5, "expiry": 2, "lease_key": 7}', token)))
     assert.is_false(paused())
+    -- null is as good as absent: the original's pause
+    assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 30, "lease_key": null, "lease": null}', token)))
+    _, h = call("GET", "/health", nil, token)
+    assert.is_nil(h.lease)
+    assert.equals(200, (call("POST", "/resume", "{}", token)))
   end)
 
   it("never lets an older pause's expiry resume a newer pause", function()
