@@ -1,9 +1,10 @@
 #!/bin/sh
-# bench/run.sh: every benchmark, one table. POSIX sh; about 8-10 minutes on 2 cores.
+# bench/run.sh: every benchmark, one table. POSIX sh; about 9-11 minutes on 2 cores.
 #   etcd.sh, pgbouncer.sh, http.sh   the primitives against plain C baselines
 #   convergence.lua                  etcd put -> supervised PgBouncer routes (200 changes)
 #   fanout.lua                       pause/resume 1, 3, 16 PgBouncers via pausers
 #   failover.lua                     5 failovers at 1s + 5 at 250ms under load, playground
+#   killed_failover.lua              a SIGKILLed failover's stall: pause lease vs expiry only
 #   footprint.lua                    RSS/CPU idle (60 s), start-up, `run` start-up
 # Prints benchmark | figure | value | floor/baseline | ratio | goal | met? with the
 # machine and date; writes bench/results/all.json (and one JSON + log per script).
@@ -20,9 +21,9 @@ STATUS="$R/status.txt"
 : >"$STATUS"
 QUICK=${1:-}
 if [ "$QUICK" = "--quick" ]; then
-  CONV=60 FAN=10 RUNS=1 IDLE=10 HTTP_S=3
+  CONV=60 FAN=10 RUNS=1 IDLE=10 HTTP_S=3 KILLED=1
 else
-  CONV=200 FAN=40 RUNS=5 IDLE=60 HTTP_S=5
+  CONV=200 FAN=40 RUNS=5 IDLE=60 HTTP_S=5 KILLED=2
 fi
 
 run() { # run NAME COMMAND...: output to $R/NAME.log, one status line
@@ -37,13 +38,15 @@ run() { # run NAME COMMAND...: output to $R/NAME.log, one status line
 }
 
 echo "stolon-pgbouncer benchmarks: logs and JSON in $R/"
-rm -f "$R/convergence.json" "$R/fanout.json" "$R/failover.json" "$R/footprint.json" "$R/all.json"
+rm -f "$R/convergence.json" "$R/fanout.json" "$R/failover.json" "$R/killed_failover.json" "$R/footprint.json" \
+  "$R/all.json"
 ETCD_BENCH_PORT=${ETCD_BENCH_PORT:-22574} run etcd sh bench/etcd.sh
 run pgbouncer sh bench/pgbouncer.sh
 SPGB_BIN=$BIN run http sh bench/http.sh "$HTTP_S" 64
 run convergence "$BIN" run bench/convergence.lua "$CONV"
 run fanout "$BIN" run bench/fanout.lua "$FAN"
 run failover "$BIN" run bench/failover.lua "$RUNS"
+run killed_failover "$BIN" run bench/killed_failover.lua "$KILLED"
 run footprint "$BIN" run bench/footprint.lua "$IDLE"
 echo
 "$BIN" run bench/report.lua "$STATUS" | tee "$R/table.md"

@@ -130,10 +130,11 @@ end
 -- One gateway call with endpoint failover. Reads (idem) move on after any
 -- transport failure or an "unavailable" reply; writes only when the request was
 -- never sent (connection refused, TLS or dial failure), so a write is never
--- applied twice. Returns the decoded object or nil, err, code.
-function Client:call(what, path, req, idem)
+-- applied twice. timeout (default the client's) bounds the whole call. Returns the
+-- decoded object or nil, err, code.
+function Client:call(what, path, req, idem, timeout)
   local body = encode(req)
-  local deadline = now() + self.timeout
+  local deadline = now() + (timeout or self.timeout)
   local n = #self.endpoints
   local err, code
   for _ = 1, n do
@@ -320,14 +321,17 @@ end
 
 -- ---- leases --------------------------------------------------------------------
 
+-- Each attempt is bounded by the interval (at most the client's timeout), so one that
+-- hangs on a frozen member is retried, on the next member, well within the TTL.
 local function keepalive_loop(l)
   local c = l.client
   local interval = math.max(l.ttl / 3, 0.2)
+  local attempt = math.min(c.timeout, math.max(interval, 0.5))
   local wait = interval
   while not l.revoked do
     sleep(wait)
     if l.revoked then return end
-    local r, e = c:call("etcd.lease", "/v3/lease/keepalive", { ID = tostring(l.id) }, true)
+    local r, e = c:call("etcd.lease", "/v3/lease/keepalive", { ID = tostring(l.id) }, true, attempt)
     if r then
       local ttl = convert("etcd.lease", function(x) return int(tbl(x.result).TTL) end, r)
       if ttl and ttl <= 0 then
@@ -335,6 +339,7 @@ local function keepalive_loop(l)
         log.warn { event = "etcd_lease_expired", msg = "lease expired", lease = l.hex }
         return
       end
+      l.renewed_at = now()
       wait = interval
     else
       log.warn { event = "etcd_lease_keepalive_failed", msg = e, lease = l.hex }
@@ -343,9 +348,11 @@ local function keepalive_loop(l)
   end
 end
 
---- c:lease(ttl) -> lease {id=, ttl=} kept alive by a background task until
---- l:revoke(). The task is detached: cancelling the task that took the lease (a
---- signal to a failover) does not end it, so a lock outlives a long clean-up.
+--- c:lease(ttl) -> lease {id=, ttl=, hex=, renewed_at=} kept alive by a background
+--- task until l:revoke(). renewed_at: task.now() of the grant or of the last
+--- keep-alive etcd answered (etcd holds the lease at least ttl after it). The task
+--- is detached: cancelling the task that took the lease (a signal to a failover)
+--- does not end it, so a lock outlives a long clean-up.
 function Client:lease(ttl)
   local n = tointeger(ttl)
   if not n or n <= 0 then error("etcd.lease: ttl must be a positive integer (seconds)", 2) end
@@ -357,7 +364,7 @@ function Client:lease(ttl)
   if not res then return nil, e2, c2 end
   if res.id == 0 then return nil, "etcd.lease: no lease id in the reply", "bad_response" end
   local l = setmetatable({ id = res.id, ttl = res.ttl, client = self,
-    hex = ("%x"):format(res.id) }, Lease)
+    hex = ("%x"):format(res.id), renewed_at = now() }, Lease)
   l.task = task.detached("etcd.lease:" .. l.hex, keepalive_loop, l)
   return l
 end

@@ -15,6 +15,7 @@ local common = require "common"
 local duration = require "duration"
 local fs = require "fs"
 local log = require "log"
+local pause_lease = require "pause_lease"
 local pauser_client = require "pauser_client"
 local pipeline = require "pipeline"
 local proc = require "proc"
@@ -39,6 +40,8 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_fla
     help = "Lease of the failover lock: how long it outlives a killed failover" },
   { name = "pause-timeout", type = "duration", default = "5s", help = "Timeout for pausing PgBouncer" },
   { name = "pause-expiry", type = "duration", default = "25s", help = "Time to wait before resuming PgBouncer after pause" },
+  { name = "pause-lease-ttl", type = "duration", default = "3s",
+    help = "TTL of the etcd lease every pause is tied to: a killed failover's pauses end this soon (0: expiry only)" },
   { name = "resume-timeout", type = "duration", default = "5s", help = "Timeout for issuing PgBouncer resumes" },
   { name = "stolonctl-timeout", type = "duration", default = "5s", help = "Timeout for executing stolonctl commands" },
   { name = "stolonctl", default = "",
@@ -250,8 +253,10 @@ end
 function M:pause()
   self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   local o = self.opts
+  local tie, terr = self:take_pause_lease()
+  if terr then return nil, terr end
   self.ctx.paused_at = task.now()
-  local function pause(c) return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2) end
+  local function pause(c) return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2, tie) end
   local res, err = self:each("pgbouncer_pause", pause, "extra")
   if res then res, err = self:each("pgbouncer_pause", pause, "keeper") end
   self.ctx.pause_done_at = task.now()
@@ -259,16 +264,46 @@ function M:pause()
   return true
 end
 
+-- take_pause_lease() -> the fields every PAUSE carries | nil (--pause-lease-ttl 0) |
+-- nil, err. The lease (lua/pause_lease.lua) outlives a cancel of this task; losing
+-- it while the failover runs cancels the failover with the reason, so its undos run
+-- (resume, restore, release) and the summary says why. From `resume` on a loss
+-- changes nothing: the pausers are being resumed anyway.
+function M:take_pause_lease()
+  local ttl = self.opts.pause_lease_ttl
+  if not ttl or ttl <= 0 then return nil end
+  local victim = task.current()
+  local h, err = pause_lease.take { client = self.client, prefix = self.key .. "/pause/", ttl = ttl,
+    on_lost = function(why)
+      if self.ctx.resuming then return end
+      self.ctx.cancel_reason = "pause lease lost (" .. why .. "): the pausers resume by themselves"
+      victim:cancel()
+    end }
+  if not h then return nil, "failed to take the pause lease: " .. tostring(err) end
+  self.ctx.pause_lease = h
+  return h:body()
+end
+
 -- Each of the two rounds gets at most half the cleanup timeout, so a keeper that does
 -- not answer cannot use up the defer's time before the front ones are sent theirs.
+-- The pause lease is revoked last: a pauser whose RESUME failed but that reaches etcd
+-- resumes when its key goes.
 function M:resume()
   self.log.info { event = "pgbouncer_resume", msg = "requesting all pgbouncers resume" }
+  self.ctx.resuming = true
   local each = math.min(self.opts.resume_timeout, math.max(0.5, (self.opts.cleanup_timeout - 0.5) / 2))
   local function resume(c) return c:resume(each) end
   local res, err = self:each("pgbouncer_resume", resume, "keeper")
   -- the front ones last, even when a keeper's resume failed (it expires by itself)
   local res2, err2 = self:each("pgbouncer_resume", resume, "extra")
   if not res2 then res, err = nil, err and (err .. "; " .. err2) or err2 end
+  local lease = self.ctx.pause_lease
+  if lease then
+    local ok, lerr = lease:release()
+    if not ok then
+      self.log.warn { event = "pause_lease_revoke_failed", error = tostring(lerr), msg = "its key ends with the TTL" }
+    end
+  end
   self.ctx.resumed_at = task.now()
   if self.ctx.paused_at then
     self.log.info { event = "pgbouncer_resumed", duration = ("%.4f"):format(self.ctx.resumed_at - self.ctx.paused_at),

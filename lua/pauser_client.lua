@@ -62,9 +62,13 @@ function M:health(timeout)
   return body
 end
 
--- c:pause(timeout, expiry, request_timeout) -> body | nil, err, code
-function M:pause(timeout, expiry, request_timeout)
-  local status, body, code = self:call("POST", "/pause", { timeout = timeout, expiry = expiry }, request_timeout)
+-- c:pause(timeout, expiry, request_timeout [, tie]) -> body | nil, err, code. tie:
+-- {lease_key=, lease=} (pause_lease's h:body()): the pause ends when that key is
+-- gone, on a pauser with store access; without tie the request is the original's.
+function M:pause(timeout, expiry, request_timeout, tie)
+  local req = { timeout = timeout, expiry = expiry }
+  if tie then req.lease_key, req.lease = tie.lease_key, tie.lease end
+  local status, body, code = self:call("POST", "/pause", req, request_timeout)
   if not status then return nil, body, code end
   if status ~= 200 then return failure(self, "pause", status, body) end
   return body

@@ -103,6 +103,8 @@ local function run_defer(self, d, ctx)
 end
 
 -- p:run(ctx) -> true | nil, err. Task only; yields. ctx is passed to every action.
+-- Whoever cancels the run for a reason other than a signal sets ctx.cancel_reason
+-- first: the step that was cut short fails with it.
 function M:run(ctx)
   ctx = ctx or {}
   local deferred, failure = {}, nil
@@ -112,7 +114,7 @@ function M:run(ctx)
     emit(self, { phase = "start", kind = "step", name = s.name })
     local t0 = task.now()
     local ok, err = call(s.fn, ctx)
-    if not ok and err == "cancelled" then err = "interrupted (cancelled by a signal)" end
+    if not ok and err == "cancelled" then err = ctx.cancel_reason or "interrupted (cancelled by a signal)" end
     record(self, "step", s.name, t0, ok, not ok and err or nil)
     if not ok then
       failure = ("%s: %s"):format(s.name, tostring(err))

@@ -2,8 +2,10 @@
 -- PgBouncer for a failover.
 --
 --   GET  /health   200 {"status":"healthy",...} | 503 {"status":"unhealthy","components":[...]}
---   POST /pause    {"timeout": s, "expiry": s} -> 200 {"created_at","expires_at"} | 504 (not
---                  paused in time) | 500: after a failure PgBouncer is left resumed
+--   POST /pause    {"timeout": s, "expiry": s [, "lease_key": k, "lease": hex]} -> 200
+--                  {"created_at","expires_at"} | 504 (not paused in time) | 500: after a
+--                  failure PgBouncer is left resumed | 400 (a lease_key outside
+--                  <clusterdata key>/pause/)
 --   POST /resume   -> 200 {"created_at"}
 --
 -- Every pause carries an expiry: the pauser RESUMEs by itself when it passes. An
@@ -12,16 +14,26 @@
 -- A RESUME it owes and that fails is tried again until one succeeds.
 -- At start-up it RESUMEs, in case an earlier process died mid-pause; on TERM/INT/QUIT
 -- it RESUMEs whenever a PAUSE may have reached PgBouncer (held, or still in flight),
--- since nobody would be left to honour the expiry. With a token, every call needs
+-- since nobody would be left to honour the expiry.
+--
+-- A pause tied to a lease (`lease_key`, with store access: --cluster-name and the
+-- store flags) also ends when that key is gone: the failover that holds the lease
+-- died, so the pauser RESUMEs within the lease's TTL instead of at the expiry. One
+-- detached task per tied pause reads the key, then watches it, re-reading every
+-- second: a DELETE event or an absent key resumes (if that pause still holds); etcd
+-- unreachable keeps the pause until the expiry (a dead failover and a partition look
+-- the same from here), logged and shown in /health's "lease". A pauser without store
+-- access keeps such a pause until the expiry, as before. With a token, every call needs
 -- `Authorization: <token>` (or `Bearer <token>`), compared in constant time.
 local common = require "common"
+local json_null = require("cjson.safe").null
 local flags = require "flags"
 local http = require "http"
 local log = require "log"
 local secure = require "secure"
 local task = require "task"
 
-local spec = common.spec(common.global_flags, common.pgbouncer_flags, common.token_flags, {
+local spec = common.spec(common.global_flags, common.stolon_flags, common.pgbouncer_flags, common.token_flags, {
   { name = "bind-address", default = ":8080", help = "Listen address for the pauser API (host:port)" },
   { name = "tls-cert-file", default = "", help = "Serve HTTPS with this certificate" },
   { name = "tls-key-file", default = "", help = "Private key for --tls-cert-file" },
@@ -55,14 +67,31 @@ if not loopback and token == "" and not opts.insecure_no_token then
   return 1
 end
 
+-- Store access is optional: with a cluster name the pauser can watch the lease keys
+-- of the failovers that pause it, under <clusterdata key>/pause/ only.
+local store, lease_prefix
+if opts.cluster_name ~= "" then
+  local serr
+  store, serr = common.connect_store(opts)
+  if not store then
+    L.error { event = "store_invalid", error = tostring(serr) }
+    return 1
+  end
+  lease_prefix = common.clusterdata_key(opts) .. "/pause/"
+end
+
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local lock = task.mutex()
 -- expires_at: when the pauser owes PgBouncer a RESUME (wall clock: a pause's expiry,
 -- or now after a RESUME that failed), for `reason`; nil when it owes none.
 -- pause_sent: a PAUSE may have reached PgBouncer since the last RESUME that
 -- succeeded; set before sending it, so a cancel at any point after leaves it set.
+-- tie: the lease the pause holding now is tied to ({key=, lease=, state=, error=,
+-- since=, task=}), nil when none: state is "watching" (the key is there),
+-- "unreachable" (etcd did not answer: kept until the expiry), "no_store" (this
+-- pauser cannot watch it: kept until the expiry) or "gone" (being resumed).
 -- Only read and written under `lock`; `changed` wakes the expirer.
-local pause_state = { expires_at = nil, reason = nil, pause_sent = false, changed = task.event() }
+local pause_state = { expires_at = nil, reason = nil, pause_sent = false, changed = task.event(), tie = nil }
 
 local function iso(t)
   local whole = math.floor(t)
@@ -82,12 +111,20 @@ local function owe_resume(at, reason)
   pause_state.changed:set()
 end
 
+-- untie(): the pause no longer follows its lease: stop watching. Under `lock`.
+local function untie()
+  local tie = pause_state.tie
+  pause_state.tie = nil
+  if tie and tie.task and not tie.finishing then tie.task:cancel() end
+end
+
 -- resume(reason [, via=admin]) -> ok | nil, err: RESUME through `via`. Only a RESUME
 -- that succeeded settles what the pauser owes; after a failure the expirer retries.
 local function resume(reason, via)
   local ok, err = (via or admin):resume()
   if ok then
     pause_state.expires_at, pause_state.pause_sent = nil, false
+    untie()
     m.paused:set(0)
   end
   L.info { event = "resume", reason = reason, ok = ok and true or false, error = err and tostring(err) or nil }
@@ -99,6 +136,87 @@ local function resume_if_due()
   local due = pause_state.expires_at
   if not due or due > wall() then return true end
   return resume(pause_state.reason)
+end
+
+-- set_tie_state(tie, state [, err]): record what the watch knows, logging changes.
+local function set_tie_state(tie, state, err)
+  if tie.state == state then
+    tie.error = err and tostring(err) or nil
+    return
+  end
+  local was = tie.state
+  tie.state, tie.error, tie.since = state, err and tostring(err) or nil, wall()
+  if state == "unreachable" then
+    L.warn { event = "pause_lease_unreachable", key = tie.key, lease = tie.lease, error = tostring(err),
+      expires_at = pause_state.expires_at and iso(pause_state.expires_at) or nil,
+      msg = "etcd does not answer: a dead failover and a partition look the same, keeping the pause until its expiry" }
+  elseif state == "watching" and was == "unreachable" then
+    L.info { event = "pause_lease_reachable", key = tie.key, lease = tie.lease, msg = "etcd answers again" }
+  elseif state == "watching" then
+    L.info { event = "pause_lease_watch", key = tie.key, lease = tie.lease,
+      msg = "the pause ends when this key is gone (its failover died) or at the expiry" }
+  end
+end
+
+-- lease_gone(tie, how): the key is gone: RESUME if this pause still holds (a newer
+-- pause or a RESUME may have taken over meanwhile). A RESUME that fails is owed.
+local function lease_gone(tie, how)
+  tie.finishing = true
+  lock:with(function()
+    if pause_state.tie ~= tie then return end
+    set_tie_state(tie, "gone")
+    L.warn { event = "pause_lease_gone", key = tie.key, lease = tie.lease, how = how,
+      msg = "the failover that paused is gone: resuming before the expiry" }
+    if not resume("lease_gone") then owe_resume(wall(), "lease_gone") end
+  end)
+end
+
+-- follow_tie(tie): read the key, watch it from the revision read, re-read every
+-- second (the re-read is what tells an unreachable etcd from a quiet one). Returns
+-- once the key is gone; runs until cancelled (untie) otherwise. A detached task:
+-- it outlives the /pause request that started it.
+local function follow_tie(tie)
+  local w
+  local _ <close> = setmetatable({}, { __close = function() if w then w:close() end end })
+  while true do
+    local res, err = store:get(tie.key)
+    if not res then
+      if w then w:close(); w = nil end
+      set_tie_state(tie, "unreachable", err)
+      task.sleep(1)
+    elseif not (res.kvs and res.kvs[1]) then
+      return lease_gone(tie, "absent")
+    else
+      set_tie_state(tie, "watching")
+      if not w then w = store:watch(tie.key, { start_revision = res.revision + 1 }) end
+      local evs, _, code = w:next(1)
+      for _, ev in ipairs(evs or {}) do
+        if ev.type == "delete" then return lease_gone(tie, "deleted") end
+      end
+      if not evs and code == "compacted" then w:close(); w = nil end
+    end
+  end
+end
+
+-- tie_to(key, lease): the pause just taken follows key. Under `lock`.
+local function tie_to(key, lease)
+  local tie = { key = key, lease = lease, since = wall() }
+  pause_state.tie = tie
+  if not store then
+    tie.state = "no_store"
+    L.info { event = "pause_lease_unwatched", key = key, lease = lease,
+      msg = "no store access (--cluster-name): this pause lasts until its expiry" }
+    return
+  end
+  tie.task = task.detached("pause-lease", follow_tie, tie)
+end
+
+-- tie_report() -> what /health says of the lease the current pause follows, or nil.
+local function tie_report()
+  local tie = pause_state.tie
+  if not tie then return nil end
+  return { key = tie.key, lease = tie.lease, state = tie.state or "starting", error = tie.error,
+    since = iso(tie.since) }
 end
 
 local function health()
@@ -123,6 +241,8 @@ local function health()
     databases = dbs,
     config = config,
     paused = pause_state.expires_at ~= nil,
+    store = store ~= nil,
+    lease = tie_report(),
   }
 end
 
@@ -132,6 +252,21 @@ local function pause(body)
   if timeout <= 0 or expiry <= 0 or timeout > 3600 or expiry > 3600 then
     return 400, { error = "timeout and expiry must be seconds in (0, 3600]" }
   end
+  -- JSON null reads as absent, like a field left out
+  local key, lease = body.lease_key, body.lease
+  if key == json_null then key = nil end
+  if lease == json_null then lease = nil end
+  if key ~= nil and (type(key) ~= "string" or key == "" or #key > 512) then
+    return 400, { error = "lease_key must be a non-empty string" }
+  end
+  if key and lease_prefix and (key:sub(1, #lease_prefix) ~= lease_prefix or #key == #lease_prefix) then
+    return 400, { error = ("lease_key must be under %s"):format(lease_prefix) }
+  end
+  if lease ~= nil and (type(lease) ~= "string" or not lease:match("^%x+$") or #lease > 16) then
+    return 400, { error = "lease must be a lease id in hex" }
+  end
+  -- A new pause replaces the old one, and with it the lease that one followed.
+  untie()
   local created = wall()
   pause_state.pause_sent = true
   local ok, err, code = admin:pause(nil, { timeout = timeout })
@@ -149,7 +284,9 @@ local function pause(body)
   end
   m.paused:set(1)
   owe_resume(created + expiry, "expiry")
-  L.info { event = "paused", expires_at = iso(pause_state.expires_at), timeout = timeout, expiry = expiry }
+  L.info { event = "paused", expires_at = iso(pause_state.expires_at), timeout = timeout, expiry = expiry,
+    lease_key = key }
+  if key then tie_to(key, lease) end
   return 200, { created_at = iso(created), expires_at = iso(pause_state.expires_at) }
 end
 
@@ -282,4 +419,5 @@ require("notify").send("STOPPING=1")
 srv:close()
 expirer:cancel()
 lock:with(resume_on_exit)
+lock:with(untie)
 return 0

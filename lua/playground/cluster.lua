@@ -163,7 +163,7 @@ function Cluster:start_sentinel()
   local o = self.o
   self.sentinel = task.named("sentinel", sentinel.run, {
     etcd = self.etcd, cluster_name = o.cluster_name, nodes = self.nodes,
-    sleep_interval = o.sleep_interval, fail_interval = o.fail_interval,
+    sleep_interval = o.sleep_interval, fail_interval = o.fail_interval, promote_delay = o.promote_delay,
   })
   return wait_for("clusterdata", 30, function()
     local r = self.etcd:get(sentinel.key(o.cluster_name))
@@ -193,10 +193,12 @@ function Cluster:start_bouncer(name, host, target_port)
   return { dir = dir, host = host, port = o.bouncer_port, supervise = p }
 end
 
+-- With store access, so a pause tied to a failover's lease ends when that failover dies.
 function Cluster:start_pauser(name, host, bouncer)
   local o = self.o
   local argv = { "pauser", "--bind-address", ("%s:%d"):format(host, o.pauser_port),
-    "--pgbouncer-socket-dir", bouncer.dir, "--pgbouncer-port", tostring(o.bouncer_port), "--metrics-port", "0" }
+    "--pgbouncer-socket-dir", bouncer.dir, "--pgbouncer-port", tostring(o.bouncer_port), "--metrics-port", "0",
+    "--cluster-name", o.cluster_name, "--store-endpoints", self.etcd_endpoint }
   return self:daemon(name .. "-pauser", argv, bouncer.dir)
 end
 

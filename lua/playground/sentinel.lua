@@ -134,7 +134,9 @@ end
 
 -- sentinel.new{store= | etcd=, cluster_name=, nodes={node...} (node.name = keeper uid,
 --   node.app_name = db uid), cluster_uid=, proxies={...}, sleep_interval="5s",
---   fail_interval="20s", request_timeout="10s", init=true} -> state.
+--   fail_interval="20s", request_timeout="10s", init=true, promote_delay=0} -> state.
+-- promote_delay (seconds): a slow promotion: after the no-master document the
+-- switch waits this long (ticking, writing status) before it promotes.
 -- With init (default) a missing clusterdata is created from the nodes' real roles.
 function M.new(o)
   assert(type(o) == "table", "sentinel.new: options table expected")
@@ -346,6 +348,17 @@ local function do_converge(state, doc, reports)
   return cd.converged(doc, {now = now_string(state), sync = sync_app, db_status = db_status})
 end
 
+-- promotion_delayed(state) -> true while opts.promote_delay has not passed since the
+-- switch began.
+local function promotion_delayed(state)
+  local delay = tonumber(state.opts.promote_delay) or 0
+  if delay <= 0 then return false end
+  local sw = state.switch
+  sw.promote_at = sw.promote_at or task.now() + delay
+  if task.now() < sw.promote_at then return true end
+  return false
+end
+
 -- sentinel.tick(state) -> what | nil, err. One pass: read clusterdata, collect the
 -- nodes' status, take at most one switch step, write with compare-and-swap. what is
 -- "init", "status", "no-master", "switched-insufficient-standbys", "converging",
@@ -384,6 +397,8 @@ function M.tick(state)
     else
       next_doc, what = cur, "status"
     end
+  elseif state.phase == "promoting" and promotion_delayed(state) then
+    next_doc, what = cur, "status"
   elseif state.phase == "promoting" then
     next_doc, err = do_promote(state, cur)
     if not next_doc then return nil, err end

@@ -11,6 +11,7 @@
 local P = require "support.pg"
 local D = require "support.daemon"
 local E = require "support.etcd"
+local N = require "support.nosentinel"
 local CD = require "playground.clusterdata"
 local cjson = require "cjson.safe"
 local etcd = require "etcd"
@@ -23,11 +24,10 @@ local task = require "task"
 local HOSTS = { "127.0.3.1", "127.0.3.2", "127.0.3.3" }
 local PG_PORT, BOUNCER_PORT, PAUSER_PORT = 26302, 26331, 26341
 local CLUSTER = "faults-fo"
-local KEY = "stolon/cluster/" .. CLUSTER .. "/clusterdata"
 local TOKEN = "fo-" .. tostring(os.time()) .. "-token"
 
 describe("failover and pauser faults", function()
-  local srv, client, db, bouncer, dir
+  local srv, client, db, bouncer, dir, env
   local pausers = {}
 
   local function pauser_args(i)
@@ -35,12 +35,7 @@ describe("failover and pauser faults", function()
       "--pgbouncer-port", tostring(BOUNCER_PORT), "--metrics-port", "0", "--token-file", dir .. "/token" }
   end
 
-  local function health(i)
-    local r = http.request { url = ("http://%s:%d/health"):format(HOSTS[i], PAUSER_PORT),
-      headers = { Authorization = TOKEN }, timeout = 2 }
-    if not r or r.status ~= 200 then return nil end
-    return cjson.decode(r.body)
-  end
+  local function health(i) return env:health(i) end
 
   local function start_pauser(i)
     pausers[i] = D.start(pauser_args(i))
@@ -62,36 +57,20 @@ describe("failover and pauser faults", function()
     return true
   end
 
-  local function reset_clusterdata()
-    local keepers = {}
-    for k, h in ipairs(HOSTS) do keepers[k] = { uid = "keeper" .. (k - 1), host = h, port = PG_PORT } end
-    assert(client:put(KEY, CD.encode(CD.new { keepers = keepers, master = "keeper0", sync = { "keeper1" },
-      sleep_interval = "2s" })))
-  end
-
-  local function doc()
-    local r = assert(client:get(KEY))
-    return assert(cjson.decode(r.kvs[1].value))
-  end
-
-  local function lock_holders()
-    local r = assert(client:get(KEY .. "/failover", { prefix = true }))
-    return #r.kvs
-  end
+  local function reset_clusterdata() env:reset() end
+  local function doc() return env:doc() end
+  local function lock_holders() return (env:count("/failover")) end
 
   -- A failover that pauses and then waits for a master change (no sentinel here).
   local function start_failover(extra)
-    local args = { "failover", "--cluster-name", CLUSTER, "--store-endpoints", srv.endpoints[1],
-      "--pauser-port", tostring(PAUSER_PORT), "--metrics-port", "0",
-      -- longer than the 2s in clusterdata: nothing to wait for before pausing
-      "--failover-sleep-interval", "3s", "--health-check-timeout", "1s" }
-    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-    return D.start(args, { env = { STBOUNCER_FAILOVER_TOKEN = TOKEN } })
+    return D.start(env:failover_args(srv.endpoints[1], extra), { env = { STBOUNCER_FAILOVER_TOKEN = TOKEN } })
   end
 
   setup(function()
     srv = E.start { members = 1, hosts = { HOSTS[1] }, port = 22680 }
     client = assert(etcd.connect { endpoints = srv.endpoints, timeout = 5 })
+    env = N.new { client = client, cluster = CLUSTER, hosts = HOSTS, pg_port = PG_PORT, pauser_port = PAUSER_PORT,
+      token = TOKEN }
     db = P.start_postgres { host = HOSTS[1], port = PG_PORT }
     bouncer = P.start_pgbouncer { host = HOSTS[1], port = BOUNCER_PORT, target = db }
     dir = P.tmpdir("spgb-faults-fo")

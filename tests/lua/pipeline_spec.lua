@@ -63,6 +63,27 @@ describe("pipeline", function()
   end)
 end)
 
+describe("pipeline cancelled for a reason", function()
+  it("fails the step cut short with ctx.cancel_reason, and still runs the defers", function()
+    local undone = false
+    local ctx = {}
+    local h = task.spawn(function()
+      local p = pipeline.new()
+      p:step("pause", function() end):defer("resume", function() undone = true end)
+      p:step("wait", function() task.sleep(30) end)
+      return p:run(ctx)
+    end)
+    task.sleep(0.1)
+    ctx.cancel_reason = "pause lease lost"
+    h:cancel()
+    local ok, r1, r2 = h:wait(5)
+    assert.is_true(ok)
+    assert.is_nil(r1)
+    assert.equals("wait: pause lease lost", r2)
+    assert.is_true(undone)
+  end)
+end)
+
 describe("pipeline clean-up under cancellation (issue 12, item 2)", function()
   -- A defer that does its work in child tasks (as resume does, under task.all), and
   -- a cancel that arrives while it runs: every child must finish, and the defers
