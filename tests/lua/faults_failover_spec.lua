@@ -16,7 +16,6 @@ local CD = require "playground.clusterdata"
 local cjson = require "cjson.safe"
 local etcd = require "etcd"
 local http = require "http"
-local pg = require "pg"
 local pgbouncer = require "pgbouncer"
 local stolon = require "stolon"
 local task = require "task"
@@ -42,20 +41,8 @@ describe("failover and pauser faults", function()
     assert(D.eventually(10, function() return health(i) end), "pauser " .. i .. " did not come up")
   end
 
-  -- Whether PgBouncer holds queries (a PAUSE shows in no SHOW column of 1.18). A
-  -- login waits too when PgBouncer has no server parameters cached yet.
-  local function paused()
-    local conn, cerr, ccode = pg.connect(bouncer:conninfo("postgres"), { timeout = 1 })
-    if not conn then
-      assert(ccode == "timeout", cerr)
-      return true
-    end
-    local rows, err, code = conn:query_opts { sql = "SELECT 1", timeout = 0.5 }
-    conn:close()
-    if rows then return false end
-    assert(code == "timeout", err)
-    return true
-  end
+  -- Whether PgBouncer holds queries: support.pg's probe.
+  local function paused() return bouncer:paused() end
 
   local function reset_clusterdata() env:reset() end
   local function doc() return env:doc() end
