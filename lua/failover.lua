@@ -1,6 +1,6 @@
--- failover: the zero-downtime switch of the primary, as steps a policy puts in a
--- pipeline (policies/failover.lua). Each step is a method taking the shared context;
--- a site policy can reorder them, drop one, or add its own between them.
+-- failover: the zero-downtime switch of the primary, as steps the policy puts in
+-- order (policies/failover.lua holds the procedure). Each step is a method taking the
+-- shared context; a site policy can reorder them, drop one, or add its own.
 --
 -- Steps (the original tool's pipeline, with the clean-up it defers):
 --   check_cluster_healthy     the cluster can lose one node
@@ -409,20 +409,18 @@ end
 
 -- ---- the pipeline and the run ------------------------------------------------------
 
--- pipeline(self) -> the standard pipeline, steps bound to self.
-function M:pipeline(display)
-  local p = pipeline.new { cleanup_timeout = self.opts.cleanup_timeout, on_event = display, logger = self.log }
-  local function bind(name) return function() return self[name](self) end end
-  p:step("check_cluster_healthy", bind("check_cluster_healthy"))
-  p:step("health_check_clients", bind("health_check_clients"))
-  p:step("acquire_lock", bind("acquire_lock")):defer("release_lock", bind("release_lock"))
-  p:step("shorten_sleep_interval", bind("shorten_sleep_interval")):defer("restore_sleep_interval",
-    bind("restore_sleep_interval"))
-  p:step("pause", bind("pause")):defer("resume", bind("resume"))
-  p:step("failkeeper", bind("failkeeper"))
-  p:step("wait_for_recovery", bind("wait_for_recovery"))
-  p:step("write_probe", bind("write_probe"))
-  return p
+-- new_pipeline() -> an empty pipeline for this failover (its cleanup timeout, the
+-- live display on a terminal, its logger); the policy adds the steps.
+function M:new_pipeline()
+  return pipeline.new { cleanup_timeout = self.opts.cleanup_timeout, on_event = M.display(), logger = self.log }
+end
+
+-- step(name) -> a function running the step method `name` on this failover, for
+-- p:step(name, f:step(name)) and :defer(name, f:step(name)).
+function M:step(name)
+  local method = self[name]
+  assert(type(method) == "function", "failover: no step " .. tostring(name))
+  return function() return method(self) end
 end
 
 -- display(): live progress on a terminal (stdout), nothing otherwise.

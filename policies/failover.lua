@@ -1,17 +1,45 @@
--- failover: a zero-downtime switch of the stolon primary.
+-- failover: a zero-downtime switch of the stolon primary. This file is the procedure:
+-- the steps in the order they run, each with the undo that runs if anything after it
+-- fails or a signal arrives. What each step does is in lua/failover.lua (docs:
+-- README "failover", docs/architecture.md).
 --
--- The steps live in lua/failover.lua; this policy puts them in order. To change the
--- procedure for your site, copy this file, edit the pipeline below, and run
--- `stolon-pgbouncer failover --policy /path/to/your/failover.lua ...`:
---
---   p:step("notify_chat", function() ... end)                       -- add a step at the end
---   p:insert_before("pause", "my_check", function() ... end)        -- or before another
---   p:insert_before("pause", "x", do_x):defer("undo_x", undo_x)     -- with its undo
---
--- A step fails by raising or by returning nil, err; every undo registered so far
--- (release_lock, restore_sleep_interval, resume) then runs in reverse order.
+-- To change it for your site, start from this file
+-- (`stolon-pgbouncer policy show failover > site-failover.lua`), edit the steps below,
+-- and run `stolon-pgbouncer failover --policy site-failover.lua ...`. A step is any
+-- function: it fails by raising or by returning nil, err; then no later step runs and
+-- every undo registered so far runs in reverse order (shielded from signals, each
+-- bounded by --cleanup-timeout). policies/examples/ has a site policy that adds a step.
 local failover = require "failover"
 
 local f = failover.prepare(arg)
-local p = f:pipeline(failover.display())
+local p = f:new_pipeline()
+
+-- 1. Pre-flight: nothing is touched unless the cluster can lose its primary
+--    (master healthy, enough healthy synchronous standbys, one to spare) and every
+--    pauser answers.
+p:step("check_cluster_healthy", f:step "check_cluster_healthy")
+p:step("health_check_clients", f:step "health_check_clients")
+
+-- 2. Exclusion: the failover lock in etcd (etcd's own mutex keys, so `etcdctl lock` and
+--    the original tool are excluded too). Released last.
+p:step("acquire_lock", f:step "acquire_lock"):defer("release_lock", f:step "release_lock")
+
+-- 3. Make stolon react fast: shorten its sleepInterval (compare-and-swap, the
+--    original recorded first); restored afterwards unless someone else changed it.
+p:step("shorten_sleep_interval", f:step "shorten_sleep_interval")
+  :defer("restore_sleep_interval", f:step "restore_sleep_interval")
+
+-- 4. PAUSE every PgBouncer: the front (--extra-pauser) ones first, then the keepers',
+--    each pause carrying its expiry and the failover's pause lease. RESUME on the way
+--    out: keepers first, then the front ones.
+p:step("pause", f:step "pause"):defer("resume", f:step "resume")
+
+-- 5. Switch: mark the master keeper failed (forceFail, or --stolonctl), and wait until
+--    stolon reports a new healthy master with its synchronous standbys.
+p:step("failkeeper", f:step "failkeeper")
+p:step("wait_for_recovery", f:step "wait_for_recovery")
+
+-- 6. Optional (--write-probe): a write through the new master before anything resumes.
+p:step("write_probe", f:step "write_probe")
+
 return f:run(p)

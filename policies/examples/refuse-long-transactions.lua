@@ -84,6 +84,17 @@ local function refuse_long_transactions()
     oldest.usename or "?", oldest.age, oldest.state or "?")
 end
 
-local p = f:pipeline(failover.display())
-p:insert_before("pause", "refuse_long_transactions", refuse_long_transactions)
+-- The shipped procedure (`stolon-pgbouncer policy show failover`), with one step added
+-- before the pause.
+local p = f:new_pipeline()
+p:step("check_cluster_healthy", f:step "check_cluster_healthy")
+p:step("health_check_clients", f:step "health_check_clients")
+p:step("acquire_lock", f:step "acquire_lock"):defer("release_lock", f:step "release_lock")
+p:step("shorten_sleep_interval", f:step "shorten_sleep_interval")
+  :defer("restore_sleep_interval", f:step "restore_sleep_interval")
+p:step("refuse_long_transactions", refuse_long_transactions) -- ours: before anything is paused
+p:step("pause", f:step "pause"):defer("resume", f:step "resume")
+p:step("failkeeper", f:step "failkeeper")
+p:step("wait_for_recovery", f:step "wait_for_recovery")
+p:step("write_probe", f:step "write_probe")
 return f:run(p)
