@@ -287,9 +287,9 @@ function M:observe(deadline)
 end
 
 -- pause_lead() -> seconds from the first PAUSE sent to forceFail in etcd: per pause
--- round (the extra pausers first, then the keepers'), three times the slowest health
--- check of that round (HTTP, the pauser, PgBouncer's admin console; PAUSE also waits
--- for the transactions in flight), at least 25 ms; then the failkeeper write
+-- round (the extra pausers first, then the keepers'), 1.5 x the slowest health check
+-- of that round (HTTP, the pauser, PgBouncer's admin console) + 10 ms for PgBouncer to
+-- drain the transactions in flight, at least 20 ms; then the failkeeper write
 -- (a get and a compare-and-swap: 1.5 x the shorten_sleep_interval one, or 100 ms for
 -- --stolonctl, a process to start).
 function M:pause_lead()
@@ -297,8 +297,9 @@ function M:pause_lead()
   local lead = 0
   local has_extra = false
   for _, c in ipairs(self.pausers) do has_extra = has_extra or c.extra == true end
-  if has_extra then lead = lead + math.max(0.025, 3 * (h.extra or 0)) end
-  lead = lead + math.max(0.025, 3 * (h.keeper or 0))
+  local function round(slowest) return math.max(0.02, 1.5 * (slowest or 0) + 0.01) end
+  if has_extra then lead = lead + round(h.extra) end
+  lead = lead + round(h.keeper)
   if self.opts.stolonctl ~= "" then
     lead = lead + 0.1
   else

@@ -39,16 +39,27 @@ describe("sentinel_clock", function()
     assert.equals(3, l.gaps)
   end)
 
-  it("refuses gaps that are not one interval apart, and irregular ones, saying why", function()
+  it("refuses gaps that are not one interval plus a check apart, saying why", function()
     local c = ticking(5, 0.5, 0) -- twice as fast as the interval: not this sentinel
     local l, why = c:learn()
     assert.is_nil(l)
     assert.matches("not one sleepInterval", why, 1, true)
     c = sentinel_clock.new { interval = 1 }
-    for i, t in ipairs { 0, 1.0, 2.3, 3.3, 4.4 } do c:add(t, i) end
+    for i, t in ipairs { 0, 1.1, 2.2, 3.3, 3.6 } do c:add(t, i) end -- a second writer, last
     l, why = c:learn()
     assert.is_nil(l)
-    assert.matches("irregular writes", why, 1, true)
+    assert.matches("0.300", why, 1, true)
+  end)
+
+  it("takes checks of varying length (a loaded machine): the next read is last write + S", function()
+    local c = sentinel_clock.new { interval = 0.25 }
+    for i, t in ipairs { 0, 0.47, 0.95, 1.33, 1.81 } do c:add(t, i) end -- checks of 0.13-0.23 s
+    local l = assert(c:learn())
+    assert.is_true(l.spread > 0.05)
+    local p = assert(c:plan(1.82, 0.05))
+    assert.equals(1, p.k)
+    assert.near(2.06, p.read, 1e-9)
+    assert.near(sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN * 0.25, p.margin, 1e-9)
   end)
 
   it("plans the start a lead and a margin before the next read (last write + interval)", function()
@@ -56,8 +67,9 @@ describe("sentinel_clock", function()
     local p = assert(c:plan(13.2, 0.1))
     assert.equals(1, p.k)
     assert.near(14.12, p.read, 1e-9)
-    assert.near(sentinel_clock.BASE_MARGIN, p.margin, 1e-9)
-    assert.near(14.12 - 0.1 - sentinel_clock.BASE_MARGIN, p.start, 1e-9)
+    local m = sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN
+    assert.near(m, p.margin, 1e-9)
+    assert.near(14.12 - 0.1 - m, p.start, 1e-9)
   end)
 
   it("moves to a later read when the next one is too close, with a wider margin", function()
