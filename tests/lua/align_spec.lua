@@ -7,7 +7,8 @@
 -- delay a case sets, /resume). Each failover is started right after one of the
 -- sentinel's reads: without alignment its forceFail lands inside that check, between
 -- the read and the write, so the sentinel's compare-and-swap fails and it only acts
--- a whole period later.
+-- a whole period later. Also: --no-align-to-sentinel, a second writer that hides the
+-- period (fall back, say why), and a PAUSE slower than the moment (write at once).
 --
 -- Addresses and ports: 127.0.8.x only; etcd 22800-22803; fake pausers 26361.
 -- Timing assertions are a few hundred ms wide: the sentinel's period is 1.6 s.
@@ -162,6 +163,30 @@ describe("tick-aligned failover", function()
     assert.is_nil(r.align.waited)
     assert.is_true(s.conflicts >= 1, "the sentinel's write did not conflict: the start was not inside a check")
     assert.is_true(r.reaction_wait_seconds > 1.0, tostring(r.reaction_wait_seconds))
+  end)
+
+  it("falls back to pausing at once, saying why, when the writes do not show one period", function()
+    -- a second writer every 0.3 s until forceFail is there: no gap of one interval
+    local writer = task.spawn(function()
+      while true do
+        local r = assert(client:get(KEY))
+        local doc = assert(CD.decode(r.kvs[1].value))
+        if CD.failed_keeper(doc) then return end
+        doc.changeTime = now_string()
+        client:txn {
+          compare = { { key = KEY, target = "mod", result = "==", value = r.kvs[1].mod_revision } },
+          success = { { put = { key = KEY, value = CD.encode(doc) } } },
+        }
+        task.sleep(0.3)
+      end
+    end)
+    local r, err = failover {}
+    writer:cancel()
+    assert.is_true(r.ok)
+    assert.is_false(r.align.aligned)
+    assert.matches("not one sleepInterval", r.align.reason, 1, true)
+    assert.matches("event=align_to_sentinel_fallback", err, 1, true)
+    assert.is_nil(err:find("event=align_to_sentinel ", 1, true))
   end)
 
   it("writes at once when PAUSE takes longer than the moment allowed", function()
