@@ -149,12 +149,17 @@ M.stop = require("support.pg").stop
 local read_file = require("fs").read
 M.read_file = read_file
 
--- status(pid) -> {rss_kb=, hwm_kb=, anon_kb=, file_kb=} from /proc/<pid>/status
+-- status(pid) -> {rss_kb=, hwm_kb=, anon_kb=, file_kb=, pss_kb=} from /proc/<pid>/status
+-- and /proc/<pid>/smaps_rollup (PSS: each shared page divided by the processes
+-- mapping it, so shared libraries count once per node, not once per process;
+-- nil when the kernel has no smaps_rollup or we may not read it)
 function M.status(pid)
   local t = read_file(("/proc/%d/status"):format(pid))
   if not t then return nil end
   local function kb(field) return tonumber(t:match(field .. ":%s*(%d+)")) end
-  return { rss_kb = kb("VmRSS"), hwm_kb = kb("VmHWM"), anon_kb = kb("RssAnon"), file_kb = kb("RssFile") }
+  local roll = read_file(("/proc/%d/smaps_rollup"):format(pid)) or ""
+  return { rss_kb = kb("VmRSS"), hwm_kb = kb("VmHWM"), anon_kb = kb("RssAnon"), file_kb = kb("RssFile"),
+    pss_kb = tonumber(roll:match("\nPss:%s*(%d+)")) }
 end
 
 local clk_tck

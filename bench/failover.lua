@@ -1,5 +1,7 @@
--- bench/failover.lua [RUNS=5]: failovers under load on one playground, RUNS at the
--- default --failover-sleep-interval 1s and RUNS at 250ms. Run by bench/run.sh.
+-- bench/failover.lua [RUNS=5]: failovers under load on one playground, RUNS each at
+-- --failover-sleep-interval 1s and 250ms, each with --align-to-sentinel (the default)
+-- and with --no-align-to-sentinel, interleaved (1s aligned, 1s not, 250ms aligned,
+-- 250ms not, then again) so both see the same machine. Run by bench/run.sh.
 --
 -- The playground (lua/playground/cluster.lua) on 127.0.2.11-13 (nodes) and
 -- 127.0.2.20 (proxy), etcd on 127.0.0.1:22570. Per run: wait until the cluster is
@@ -10,6 +12,9 @@
 --   pause window   first PAUSE sent -> last RESUME answered
 --   manager        failkeeper done -> recovered observed (the stand-in sentinel's ticks)
 --   ours           the window minus the manager's part
+--   reaction wait  forceFail written -> the first clusterdata revision showing the
+--                  switch began (the sentinel's no-master write), and of it the
+--                  sentinel's own check (its period - the interval: read -> write)
 --   steps          each pipeline step's duration
 -- and from the load: the longest stall and the p99 latency of the transactions that
 -- overlap the window, committed rows missing on the new primary, and every failed,
@@ -38,6 +43,13 @@ local task = require "task"
 
 local RUNS = tonumber(arg[1] or "5")
 local INTERVALS = { "1s", "250ms" }
+local MODES = {}
+for _, interval in ipairs(INTERVALS) do
+  for _, aligned in ipairs { true, false } do
+    MODES[#MODES + 1] = { interval = interval, aligned = aligned,
+      name = interval .. (aligned and " aligned" or " not aligned") }
+  end
+end
 local CLIENTS = 8
 
 B.quiet()
@@ -102,7 +114,8 @@ local function phases_of(errors, started, resumed)
   return out
 end
 
-local function one_run(interval, i)
+local function one_run(mode, i)
+  local interval = mode.interval
   local t_wait = task.now()
   local m, why = B.wait_until(120, healthy, 0.2)
   if not m then error(("run %s #%d: cluster not healthy after 120 s: %s"):format(interval, i, tostring(why)), 0) end
@@ -132,13 +145,14 @@ local function one_run(interval, i)
   task.sleep(0.5)
   local run = load.start { conninfo = c.app_conninfo, clients = CLIENTS }
   task.sleep(1)
-  local report_file = ("%s/failover-%s-%d.json"):format(c.base, interval, i)
+  local report_file = ("%s/failover-%s-%s-%d.json"):format(c.base, interval, mode.aligned and "a" or "n", i)
   local started = task.now()
-  local code, out, ferr = c:run_failover({ "--failover-sleep-interval", interval, "--report-file", report_file }, 120)
+  local code, out, ferr = c:run_failover({ "--failover-sleep-interval", interval, "--report-file", report_file,
+    mode.aligned and "--align-to-sentinel" or "--no-align-to-sentinel" }, 120)
   task.sleep(1)
   local r = run:stop()
   if code ~= 0 then
-    error(("failover %s #%d exited %s: %s%s"):format(interval, i, tostring(code), out or "", (ferr or ""):sub(-2000)), 0)
+    error(("failover %s #%d exited %s: %s%s"):format(mode.name, i, tostring(code), out or "", (ferr or ""):sub(-2000)), 0)
   end
   local fr = cjson.decode(assert(fs.read(report_file)))
   local primary = c:primary()
@@ -152,8 +166,15 @@ local function one_run(interval, i)
       per_pauser[#per_pauser + 1] = tonumber(line:match(" elapsed=([%d%.]+)"))
     end
   end
+  local al = fr.align or {}
   local x = {
-    interval = interval, run = i, waited_healthy_s = waited,
+    interval = interval, mode = mode.name, aligned = al.aligned == true, align_reason = al.reason, run = i,
+    waited_healthy_s = waited,
+    reaction = fr.reaction_wait_seconds, reaction_how = fr.reaction,
+    sentinel_check = al.period and (al.period - (interval == "1s" and 1 or 0.25)) or nil,
+    before_read = al.predicted_read and fr.failkeeper_at and (al.predicted_read - fr.failkeeper_at) or nil,
+    after_reaction = fr.reacted_at and fr.recovered_at and (fr.recovered_at - fr.reacted_at) or nil,
+    lead = al.lead, margin = al.margin, period = al.period,
     window = fr.pause_window_seconds, manager = fr.manager_seconds, ours = fr.ours_seconds,
     pause_fanout = fr.pause_done_at and fr.paused_at and (fr.pause_done_at - fr.paused_at),
     pause_direct = B.stats(direct).median, pause_per_pauser = per_pauser,
@@ -177,9 +198,15 @@ local function one_run(interval, i)
     end
   end
   local ph = x.phases
-  B.say("  %-5s #%d: window %7.1f ms (manager %7.1f, ours %5.1f), stall %7.1f ms, p99 %6.1f ms, "
-    .. "%d committed, %d missing; failed/unknown/connect before %d/%d/%d, during %d/%d/%d, after %d/%d/%d",
-    interval, i, x.window * 1e3, x.manager * 1e3, x.ours * 1e3, stall * 1e3, p99 * 1e3, x.committed, x.missing,
+  local function ms(v) return v and ("%.1f"):format(v * 1e3) or "-" end
+  B.say("  %-17s #%d: window %7.1f ms (manager %7.1f, ours %5.1f; forceFail -> reaction %s ms, before the "
+    .. "predicted read %s ms, sentinel check %s ms, pause %s ms, lead %s ms, margin %s ms%s), stall %7.1f ms, "
+    .. "p99 %6.1f ms, %d committed, %d missing; failed/unknown/connect before %d/%d/%d, during %d/%d/%d, "
+    .. "after %d/%d/%d",
+    mode.name, i, x.window * 1e3, x.manager * 1e3, x.ours * 1e3, ms(x.reaction), ms(x.before_read),
+    ms(x.sentinel_check), ms(x.pause_fanout), ms(x.lead), ms(x.margin),
+    x.align_reason and (", " .. x.align_reason) or "",
+    stall * 1e3, p99 * 1e3, x.committed, x.missing,
     ph.before.failed, ph.before.unknown, ph.before.connect, ph.during.failed, ph.during.unknown, ph.during.connect,
     ph.after.failed, ph.after.unknown, ph.after.connect)
   return x
@@ -194,12 +221,12 @@ local function main()
   if not c then error("playground: " .. tostring(err), 0) end
   assert(load.ensure_table(c.app_conninfo))
   local all, per = {}, {}
-  for _, interval in ipairs(INTERVALS) do
-    per[interval] = {}
-    for i = 1, RUNS do
-      local x = one_run(interval, i)
+  for _, mode in ipairs(MODES) do per[mode.name] = {} end
+  for i = 1, RUNS do
+    for _, mode in ipairs(MODES) do
+      local x = one_run(mode, i)
       all[#all + 1] = x
-      per[interval][i] = x
+      per[mode.name][i] = x
     end
   end
   res.raw = { runs = all, clients = CLIENTS, sentinel_sleep_interval = "2s" }
@@ -214,36 +241,103 @@ local function main()
     end
   end
   res.raw.summary = {}
-  for _, interval in ipairs(INTERVALS) do
-    local function med(field)
-      local xs = {}
-      for _, x in ipairs(per[interval]) do xs[#xs + 1] = x[field] end
-      return B.stats(xs)
+  -- stats(mode, field) over that mode's runs
+  local function stats(name, field)
+    local xs = {}
+    for _, x in ipairs(per[name]) do
+      if type(x[field]) == "number" then xs[#xs + 1] = x[field] end
     end
-    local W, M, O, S, P, F = med("window"), med("manager"), med("ours"), med("stall"), med("p99"), med("pause_fanout")
-    local D = med("pause_direct")
+    return B.stats(xs)
+  end
+  -- worst(name) -> the run with the longest window and its pieces, to say what dominated it
+  local function worst(name)
+    local w
+    for _, x in ipairs(per[name]) do
+      if not w or x.window > w.window then w = x end
+    end
+    local parts = { pause = w.pause_fanout, failkeeper = w.steps.failkeeper, reaction_wait = w.reaction,
+      switch_after_reaction = w.after_reaction, write_probe = w.steps.write_probe, resume = w.steps.resume }
+    local out = { run = w.run, window_ms = B.ms(w.window), ours_ms = B.ms(w.ours), align_reason = w.align_reason,
+      before_predicted_read_ms = B.ms(w.before_read), parts_ms = {} }
+    local order = {}
+    for k, v in pairs(parts) do
+      out.parts_ms[k] = B.ms(v)
+      order[#order + 1] = k
+    end
+    table.sort(order, function(p, q) return (parts[p] or 0) > (parts[q] or 0) end)
+    out.dominated_by = order[1]
+    return out
+  end
+  for _, mode in ipairs(MODES) do
+    local n = mode.name
+    local sm = {}
+    for _, f in ipairs { "window", "manager", "ours", "reaction", "sentinel_check", "before_read", "after_reaction",
+      "stall", "p99", "pause_fanout", "pause_direct" } do
+      local st = stats(n, f)
+      sm[f .. "_median_ms"], sm[f .. "_max_ms"] = B.ms(st.median), B.ms(st.max)
+    end
     local steps = {}
-    for name in pairs(per[interval][1].steps) do
+    for name in pairs(per[n][1].steps) do
       local xs = {}
-      for _, x in ipairs(per[interval]) do xs[#xs + 1] = x.steps[name] end
+      for _, x in ipairs(per[n]) do xs[#xs + 1] = x.steps[name] end
       steps[name] = B.ms(B.stats(xs).median)
     end
-    res.raw.summary[interval] = { window_ms = B.ms(W.median), manager_ms = B.ms(M.median), ours_ms = B.ms(O.median),
-      ours_max_ms = B.ms(O.max), stall_ms = B.ms(S.median), stall_max_ms = B.ms(S.max), p99_ms = B.ms(P.median),
-      pause_fanout_ms = B.ms(F.median), pause_direct_ms = B.ms(D.median), steps_median_ms = steps }
-    local tag = ("[%s] "):format(interval)
-    res:row { figure = tag .. "pause window, median of " .. RUNS, value = B.ms(W.median), unit = "ms",
-      floor = B.ms(M.median), floor_what = "cluster manager's part (failkeeper -> recovered)" }
-    res:row { figure = tag .. "· ours (window - manager), median", value = B.ms(O.median), unit = "ms",
-      goal = "<= 50 ms", met = O.median <= 0.050 }
-    res:row { figure = tag .. "· of which pause fan-out (3 pausers)", value = B.ms(F.median), unit = "ms",
-      floor = B.ms(D.median), floor_what = "PAUSE alone on the primary's PgBouncer, before the load" }
-    res:row { figure = tag .. "· of which failkeeper", value = steps.failkeeper, unit = "ms" }
-    res:row { figure = tag .. "· of which write probe", value = steps.write_probe, unit = "ms" }
-    res:row { figure = tag .. "· of which resume", value = steps.resume, unit = "ms" }
-    res:row { figure = tag .. "clients' max stall in window, median", value = B.ms(S.median), unit = "ms",
-      floor = B.ms(W.median), floor_what = "pause window" }
-    res:row { figure = tag .. "clients' p99 latency in window, median", value = B.ms(P.median), unit = "ms" }
+    sm.steps_median_ms = steps
+    sm.worst = worst(n)
+    local fallbacks = 0
+    for _, x in ipairs(per[n]) do if mode.aligned and not x.aligned then fallbacks = fallbacks + 1 end end
+    sm.fallbacks = fallbacks
+    res.raw.summary[n] = sm
+    B.say("  worst %s run (#%d, window %.1f ms): %s dominated; parts %s", n, sm.worst.run, sm.worst.window_ms,
+      sm.worst.dominated_by, cjson.encode(sm.worst.parts_ms))
+  end
+  -- one row per figure: aligned as the value, not aligned beside it as the baseline
+  for _, interval in ipairs(INTERVALS) do
+    local a, n = interval .. " aligned", interval .. " not aligned"
+    local function row(figure, field, which, extra)
+      local sa, sn = stats(a, field), stats(n, field)
+      local r = { figure = ("[%s] %s, %s of %d"):format(interval, figure, which, RUNS), unit = "ms",
+        value = B.ms(sa[which == "worst" and "max" or "median"]),
+        floor = B.ms(sn[which == "worst" and "max" or "median"]), floor_what = "not aligned" }
+      for k, v in pairs(extra or {}) do r[k] = v end
+      res:row(r)
+      return sa
+    end
+    local R = row("forceFail -> manager's first reaction", "reaction", "median", { goal = "<= 100 ms" })
+    res.rows[#res.rows].met = R.median ~= nil and R.median <= 0.100
+    row("forceFail -> manager's first reaction", "reaction", "worst")
+    local check = stats(a, "sentinel_check").median
+    res:row { figure = ("[%s] · of which the sentinel's own check (period - interval), median"):format(interval),
+      unit = "ms", value = B.ms(check) }
+    if check then
+      -- the waiting itself: the reaction less the check it always holds (the
+      -- aligned runs' median check for both, as only they learn it)
+      local function waiting(name)
+        local xs = {}
+        for _, x in ipairs(per[name]) do
+          if x.reaction then xs[#xs + 1] = x.reaction - check end
+        end
+        return B.stats(xs).median
+      end
+      res:row { figure = ("[%s] · forceFail -> reaction less the sentinel's check, median"):format(interval),
+        unit = "ms", value = B.ms(waiting(a)), floor = B.ms(waiting(n)), floor_what = "not aligned" }
+    end
+    res:row { figure = ("[%s] · forceFail before the predicted read, median"):format(interval),
+      unit = "ms", value = B.ms(stats(a, "before_read").median) }
+    row("pause window", "window", "median")
+    row("pause window", "window", "worst")
+    row("· manager's part (failkeeper -> recovered)", "manager", "median")
+    row("· manager's part (failkeeper -> recovered)", "manager", "worst")
+    local O = row("· ours (window - manager)", "ours", "median", { goal = "<= 50 ms" })
+    res.rows[#res.rows].met = O.median ~= nil and O.median <= 0.050
+    row("· ours (window - manager)", "ours", "worst")
+    res:row { figure = ("[%s] · · of which pause fan-out (3 pausers), aligned, median"):format(interval),
+      value = B.ms(stats(a, "pause_fanout").median), unit = "ms", floor = B.ms(stats(a, "pause_direct").median),
+      floor_what = "PAUSE alone on the primary's PgBouncer, before the load" }
+    row("clients' max stall in window", "stall", "median")
+    local fb = res.raw.summary[a].fallbacks
+    res:row { figure = ("[%s] aligned runs that fell back (period not learned)"):format(interval), value = fb,
+      goal = "0", met = fb == 0 }
   end
   local function ours(kind) return total.during[kind] + total.after[kind] end
   res:row { figure = ("failed transactions, during or after a failover (%d runs)"):format(#all), value = ours("failed"),

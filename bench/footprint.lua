@@ -5,7 +5,9 @@
 --             `pauser`: process start -> GET /health answers 200. Median of 5 starts.
 --   idle      both daemons left alone for IDLE_SECONDS (supervise watching etcd, the
 --             pauser serving nothing): VmRSS / RssAnon from /proc/<pid>/status (the
---             daemon alone, not its PgBouncer), CPU seconds from /proc/<pid>/stat.
+--             daemon alone, not its PgBouncer), PSS from /proc/<pid>/smaps_rollup
+--             (shared-library pages divided among the processes mapping them),
+--             CPU seconds from /proc/<pid>/stat.
 --   run       `stolon-pgbouncer run` on an empty script: time to exit; on a script
 --             printing one line: time to that line and its RSS then. Median of 20.
 -- Baselines in the same run: `/bin/true` for the run times, PgBouncer's own start-up
@@ -136,7 +138,8 @@ local function main()
   local idle = {}
   for name, pid in pairs(pids) do
     idle[name] = { rss_kb = last[name].rss_kb, max_rss_kb = max_rss[name], anon_kb = last[name].anon_kb,
-      file_kb = last[name].file_kb, hwm_kb = last[name].hwm_kb, cpu_s = B.cpu_seconds(pid) - cpu0[name] }
+      file_kb = last[name].file_kb, hwm_kb = last[name].hwm_kb, pss_kb = last[name].pss_kb,
+      cpu_s = B.cpu_seconds(pid) - cpu0[name] }
   end
 
   B.say("footprint: `stolon-pgbouncer run` (%d runs each) ...", RUNS)
@@ -177,6 +180,11 @@ local function main()
     res:row { figure = name .. " idle RSS (VmRSS)", value = x.rss_kb / MB, unit = "MB",
       floor = idle.pgbouncer.rss_kb / MB, floor_what = "PgBouncer's own idle RSS", goal = "< 8 MB", met = x.rss_kb < 8 * MB }
     res:row { figure = name .. " · of which private (RssAnon)", value = x.anon_kb / MB, unit = "MB" }
+    if x.pss_kb then
+      res:row { figure = name .. " idle PSS (smaps_rollup)", value = x.pss_kb / MB, unit = "MB",
+        floor = idle.pgbouncer.pss_kb and idle.pgbouncer.pss_kb / MB, floor_what = "PgBouncer's own idle PSS",
+        goal = "< 4 MB", met = x.pss_kb < 4 * MB }
+    end
     res:row { figure = ("%s idle CPU over %.0f s"):format(name, elapsed), value = x.cpu_s, unit = "s",
       floor = idle.pgbouncer.cpu_s, floor_what = "PgBouncer's own idle CPU" }
   end

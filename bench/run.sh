@@ -2,10 +2,10 @@
 # bench/run.sh: every benchmark, one table. POSIX sh; about 9-11 minutes on 2 cores.
 #   etcd.sh, pgbouncer.sh, http.sh   the primitives against plain C baselines
 #   convergence.lua                  etcd put -> supervised PgBouncer routes (200 changes)
-#   fanout.lua                       pause/resume 1, 3, 16 PgBouncers via pausers
-#   failover.lua                     5 failovers at 1s + 5 at 250ms under load, playground
+#   fanout.lua                       pause/resume 1, 3, 16 PgBouncers via pausers, 64 with fakes
+#   failover.lua                     5 failovers each at 1s and 250ms, aligned and not, under load
 #   killed_failover.lua              a SIGKILLed failover's stall: pause lease vs expiry only
-#   footprint.lua                    RSS/CPU idle (60 s), start-up, `run` start-up
+#   footprint.lua                    RSS/PSS/CPU idle (60 s), start-up, `run` start-up
 # Prints benchmark | figure | value | floor/baseline | ratio | goal | met? with the
 # machine and date; writes bench/results/all.json (and one JSON + log per script).
 # Exits 1 when a script failed (failover.lua does when a failover fails a transaction).

@@ -8,6 +8,8 @@
 --   acquire_lock              etcd lock <clusterdata key>/failover  -> release_lock
 --   shorten_sleep_interval    cluster.spec.sleepInterval CAS to 1s   -> restore_sleep_interval
 --   pause                     every PgBouncer, in parallel           -> resume
+--                             (first align_to_sentinel: wait for the moment that puts
+--                             forceFail just before the sentinel's next read)
 --   failkeeper                mark the master keeper failed (CAS, or stolonctl)
 --   wait_for_recovery         watch clusterdata until a new healthy master has its sync standbys
 --   write_probe               optional: a write on the new master before RESUME
@@ -19,6 +21,7 @@ local pause_lease = require "pause_lease"
 local pauser_client = require "pauser_client"
 local pipeline = require "pipeline"
 local proc = require "proc"
+local sentinel_clock = require "sentinel_clock"
 local stolon = require "stolon"
 local task = require "task"
 
@@ -48,6 +51,8 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_fla
     help = "Mark the keeper failed with this stolonctl binary instead of our compare-and-swap" },
   { name = "failover-sleep-interval", type = "duration", default = "1s",
     help = "sleepInterval stolon uses during the failover (restored afterwards)" },
+  { name = "align-to-sentinel", type = "bool", default = "true",
+    help = "Learn the sentinel's tick from its clusterdata writes and pause so forceFail lands just before its next read" },
   { name = "write-probe", default = "",
     help = "libpq conninfo template ({{.Host}}, {{.Port}}) for a write on the new master before RESUME" },
   { name = "report-file", default = "",
@@ -166,9 +171,19 @@ function M:check_cluster_healthy()
   return true
 end
 
+-- Each pauser's round trip is kept (the slowest per round: extra, keeper) as the
+-- measure of what a PAUSE will take, for align_to_sentinel.
 function M:health_check_clients()
   self.log.info { event = "clients_health_check", msg = "health checking all clients" }
-  local res, err = self:each("client_health_check", function(c) return c:health(self.opts.health_check_timeout) end)
+  local slowest = { keeper = 0, extra = 0 }
+  self.ctx.health_slowest = slowest
+  local res, err = self:each("client_health_check", function(c)
+    local t0 = task.now()
+    local body, herr, code = c:health(self.opts.health_check_timeout)
+    local round = c.extra and "extra" or "keeper"
+    slowest[round] = math.max(slowest[round], task.now() - t0)
+    return body, herr, code
+  end)
   if not res then return nil, err end
   for i, r in ipairs(res) do
     local body = r[1]
@@ -204,9 +219,13 @@ end
 -- The original is recorded before each write, not after the compare-and-swap
 -- returns: a txn etcd applied whose answer was lost (a timeout, a signal) must still
 -- be restored. restore_sleep_interval leaves alone a write that did not apply.
+--
+-- With --align-to-sentinel the wait also watches clusterdata (observe): the
+-- sentinel's writes at the short interval are what align_to_sentinel learns from.
 function M:shorten_sleep_interval()
   local short = duration.format(self.opts.failover_sleep_interval)
   local original
+  local t_cas = task.now()
   local rev, err = self:cas("shorten_sleep_interval", function(raw)
     local cd, derr = stolon.decode(raw, self.key)
     if not cd then return nil, derr end
@@ -216,14 +235,125 @@ function M:shorten_sleep_interval()
     return stolon.with_sleep_interval(raw, short)
   end)
   if not rev then return nil, err end
+  self.ctx.store_cas_seconds = task.now() - t_cas
   self.log.info { event = "apply_short_sleep_interval", interval = short, original = original }
+  if self.opts.align_to_sentinel then
+    self.ctx.clock = sentinel_clock.new { interval = self.opts.failover_sleep_interval }
+    self.ctx.watch_from = rev + 1
+  end
   -- stolon components read the interval at their next tick: wait for them as the
   -- original did (two of the old intervals), before anything is paused.
   local wait = math.min(2 * duration.parse(original), 2 * 60)
   if duration.parse(original) > self.opts.failover_sleep_interval then
     self.log.info { event = "wait_until_sleep_interval_applies", seconds = wait }
-    task.sleep(wait)
+    local until_t = task.now() + wait
+    self:observe(function() return until_t end)
   end
+  return true
+end
+
+-- observe(deadline): until task.now() >= deadline() (asked again after every write
+-- seen), record the arrival time of every clusterdata revision in ctx.clock. Without
+-- a clock (alignment off) it only sleeps. A watch that cannot go on (compaction, a
+-- store error) stops the recording, notes why in ctx.clock_broken, and sleeps out
+-- the rest. Task only; yields.
+function M:observe(deadline)
+  local clock = self.ctx.clock
+  if not clock or self.ctx.clock_broken then
+    local left = deadline() - task.now()
+    if left > 0 then task.sleep(left) end
+    return
+  end
+  local w <close> = self.client:watch(self.key, { start_revision = self.ctx.watch_from })
+  while true do
+    local left = deadline() - task.now()
+    if left <= 0 then return end
+    local evs, err, code = w:next(left)
+    local t = task.now()
+    if evs then
+      for _, ev in ipairs(evs) do
+        if ev.key == self.key and ev.mod_revision >= self.ctx.watch_from then
+          clock:add(t, ev.mod_revision)
+          self.ctx.watch_from = ev.mod_revision + 1
+          self.log.debug { event = "sentinel_write_seen", revision = ev.mod_revision }
+        end
+      end
+    elseif code ~= "timeout" then
+      self.ctx.clock_broken = ("watching clusterdata failed: %s"):format(tostring(err))
+      self.log.warn { event = "align_watch_failed", error = tostring(err), code = tostring(code) }
+      w:close()
+      left = deadline() - task.now()
+      if left > 0 then task.sleep(left) end
+      return
+    end
+  end
+end
+
+-- pause_lead() -> seconds from the first PAUSE sent to forceFail in etcd: per pause
+-- round (the extra pausers first, then the keepers'), 1.5 x the slowest health check
+-- of that round (HTTP, the pauser, PgBouncer's admin console) + 10 ms for PgBouncer to
+-- drain the transactions in flight, at least 20 ms; then the failkeeper write
+-- (a get and a compare-and-swap: 1.5 x the shorten_sleep_interval one, or 100 ms for
+-- --stolonctl, a process to start).
+function M:pause_lead()
+  local h = self.ctx.health_slowest or {}
+  local lead = 0
+  local has_extra = false
+  for _, c in ipairs(self.pausers) do has_extra = has_extra or c.extra == true end
+  local function round(slowest) return math.max(0.02, 1.5 * (slowest or 0) + 0.01) end
+  if has_extra then lead = lead + round(h.extra) end
+  lead = lead + round(h.keeper)
+  if self.opts.stolonctl ~= "" then
+    lead = lead + 0.1
+  else
+    lead = lead + 1.5 * (self.ctx.store_cas_seconds or 0.01) + 0.002
+  end
+  return lead
+end
+
+-- align_to_sentinel: wait until the moment whose PAUSE, then failkeeper, put
+-- forceFail in etcd a margin before the sentinel's next read (sentinel_clock's plan,
+-- re-made after every write seen). Learns for up to 6 intervals + 1 s more if the
+-- wait in shorten_sleep_interval did not suffice (it is before any PAUSE: clients do
+-- not see it), or 3 intervals + 0.5 s after the last write seen, whichever is
+-- sooner (a sentinel that stopped writing will not teach us its tick); when the
+-- period cannot be learned it logs why and goes on at once, as without alignment.
+-- Never fails the failover. The pause step calls it first, so that a site's step
+-- inserted before "pause" runs before the moment is chosen, not after.
+function M:align_to_sentinel()
+  local c = self.ctx
+  if not c.clock then
+    c.align = { aligned = false, reason = self.opts.align_to_sentinel
+      and "shorten_sleep_interval did not run: the sentinel's writes were not watched" or "--no-align-to-sentinel" }
+    return true
+  end
+  local lead = self:pause_lead()
+  local S = self.opts.failover_sleep_interval
+  local t0 = task.now()
+  local learn_until = t0 + 6 * S + 1
+  local plan, why
+  self:observe(function()
+    local now = task.now()
+    if plan and now >= plan.start then return plan.start end -- the moment came: keep its plan
+    plan, why = c.clock:plan(now, lead)
+    if plan then return plan.start end
+    if c.clock_broken then return 0 end
+    local last = c.clock.arrivals[#c.clock.arrivals] or t0
+    return math.min(learn_until, math.max(last, t0) + 3 * S + 0.5)
+  end)
+  if not plan then
+    why = c.clock_broken or why
+    c.align = { aligned = false, reason = why, waited = task.now() - t0 }
+    self.log.warn { event = "align_to_sentinel_fallback", reason = why,
+      msg = "could not learn the sentinel's tick; pausing now, as without --align-to-sentinel" }
+    return true
+  end
+  c.align = { aligned = true, period = plan.period, spread = plan.spread, margin = plan.margin, lead = lead,
+    planned_start = plan.start, predicted_read = plan.read, k = plan.k, waited = task.now() - t0 }
+  self.log.info { event = "align_to_sentinel", period = ("%.4f"):format(plan.period),
+    spread = ("%.4f"):format(plan.spread), lead = ("%.4f"):format(lead), margin = ("%.4f"):format(plan.margin),
+    read_in = ("%.4f"):format(plan.read - task.now()), waited = ("%.4f"):format(task.now() - t0),
+    msg = "pausing so that forceFail lands just before the sentinel's next read" }
   return true
 end
 
@@ -251,6 +381,7 @@ end
 -- ones behind it are paused would start server logins that the pause interrupts, and
 -- PgBouncer then rejects clients for server_login_retry after RESUME (pgbouncer#420).
 function M:pause()
+  self:align_to_sentinel()
   self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   local o = self.opts
   local tie, terr = self:take_pause_lease()
@@ -333,9 +464,17 @@ function M:failkeeper()
   else
     local rev, cerr = self:cas("failkeeper", function(raw) return stolon.with_force_fail(raw, master.keeper) end)
     if not rev then return nil, cerr end
+    self.ctx.failkeeper_rev = rev
   end
   self.ctx.failkeeper_at = task.now()
-  self.log.info { event = "failkeeper", keeper = master.keeper, msg = "marked the master keeper failed" }
+  local a = self.ctx.align
+  local before_read = a and a.predicted_read and (a.predicted_read - self.ctx.failkeeper_at)
+  self.log.info { event = "failkeeper", keeper = master.keeper, msg = "marked the master keeper failed",
+    before_predicted_read = before_read and ("%.4f"):format(before_read) or nil }
+  if before_read and before_read < 0 then
+    self.log.warn { event = "align_moment_missed", late = ("%.4f"):format(-before_read),
+      msg = "PAUSE took longer than planned: forceFail written after the sentinel's predicted read" }
+  end
   return true
 end
 
@@ -358,6 +497,14 @@ function M:wait_for_recovery()
       if not cd then
         logger.error { error = err, msg = "failed to parse clusterdata update" }
         return false
+      end
+      if not self.ctx.reacted_at and kv.mod_revision > (self.ctx.failkeeper_rev or 0) then
+        local how = cd:switch_began(old)
+        if how then
+          self.ctx.reacted_at, self.ctx.reaction = task.now(), how
+          logger.info { event = "manager_reacted", how = how, revision = kv.mod_revision,
+            after = ("%.4f"):format(self.ctx.reacted_at - self.ctx.failkeeper_at) }
+        end
       end
       local m, state, detail = cd:recovered(old.keeper)
       if m then
@@ -452,10 +599,15 @@ function M:summary(p, ok, err)
     steps = p.report.steps,
     paused_at = c.paused_at, pause_done_at = c.pause_done_at, resumed_at = c.resumed_at,
     failkeeper_at = c.failkeeper_at, recovered_at = c.recovered_at,
+    reacted_at = c.reacted_at, reaction = c.reaction,
+    reaction_wait_seconds = c.failkeeper_at and c.reacted_at and (c.reacted_at - c.failkeeper_at) or nil,
+    align = c.align,
   }
   if s.pause_window_seconds and s.manager_seconds then
     s.ours_seconds = s.pause_window_seconds - s.manager_seconds
   end
+  local a = c.align
+  if a and a.period then s.sentinel_check_seconds = math.max(0, a.period - self.opts.failover_sleep_interval) end
   local function ms(v) return v and ("%.1f ms"):format(v * 1000) or "-" end
   local lines = { "", ok and "failover succeeded" or ("failover FAILED: " .. tostring(err)) }
   for _, st in ipairs(p.report.steps) do
@@ -464,12 +616,20 @@ function M:summary(p, ok, err)
   end
   lines[#lines + 1] = ("  total %s; pause window %s (cluster manager %s, ours %s)"):format(ms(s.total_seconds),
     ms(s.pause_window_seconds), ms(s.manager_seconds), ms(s.ours_seconds))
+  if a then
+    lines[#lines + 1] = ("  forceFail -> manager's first reaction %s%s%s; %s"):format(ms(s.reaction_wait_seconds),
+      s.reaction and (" (" .. s.reaction .. ")") or "",
+      s.sentinel_check_seconds and (", of it the sentinel's own check ~" .. ms(s.sentinel_check_seconds)) or "",
+      a.aligned and ("aligned to the sentinel's %s period"):format(ms(a.period)) or ("not aligned: " .. a.reason))
+  end
   lines[#lines + 1] = ("  old master %s -> new master %s"):format(s.old_master or "-", s.new_master or "-")
   io.stdout:write(table.concat(lines, "\n") .. "\n")
   io.stdout:flush()
   self.log.info { event = "failover_summary", ok = s.ok, error = err, total = ("%.4f"):format(s.total_seconds or 0),
     pause_window = s.pause_window_seconds and ("%.4f"):format(s.pause_window_seconds) or nil,
     manager = s.manager_seconds and ("%.4f"):format(s.manager_seconds) or nil,
+    reaction_wait = s.reaction_wait_seconds and ("%.4f"):format(s.reaction_wait_seconds) or nil,
+    aligned = a and a.aligned or nil, align_reason = a and a.reason or nil,
     old_master = s.old_master, new_master = s.new_master }
   if self.opts.report_file ~= "" then
     local _, werr = fs.write_atomic(self.opts.report_file, common.json(s) .. "\n", "0644")

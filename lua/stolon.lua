@@ -208,6 +208,21 @@ function M.recovered(cd, old_keeper)
   return m
 end
 
+-- switch_began(cd, old) -> how | nil: whether this document, a revision after our
+-- forceFail of old (a master view: uid, keeper), shows the manager acting on it:
+-- "no_master" (stolon and the
+-- stand-in first take masterDbUid away, so proxies close connections),
+-- "master_changed" (masterDbUid names another db), "force_fail_consumed" (the
+-- keeper's status.forceFail is gone: the sentinel took the mark).
+function M.switch_began(cd, old)
+  local uid = M.master_uid(cd)
+  if not uid then return "no_master" end
+  if old and old.uid and uid ~= old.uid then return "master_changed" end
+  local k = old and old.keeper and obj(cd.doc.keepers)[old.keeper]
+  if type(k) == "table" and obj(k.status).forceFail ~= true then return "force_fail_consumed" end
+  return nil
+end
+
 -- keepers(cd) -> { {keeper=, host=, port=, db=}, ... } sorted by keeper, one per db
 -- with a listen address (the pausers to talk to).
 function M.keepers(cd)

@@ -349,6 +349,22 @@ function M.ensure_slot(primary, slot)
     quote_literal(slot), quote_literal(slot)))
 end
 
+-- M.drop_stale_slots(primary, keep) -> number dropped | nil, err. Drops every
+-- inactive physical slot on primary whose name is not in keep (a list), as stolon's
+-- keeper drops the slots of standbys that are gone. Without it each switch leaves
+-- the old db uid's slot behind (pg_rewind keeps pg_replslot), and after about ten
+-- switches on one playground "all replication slots are in use".
+function M.drop_stale_slots(primary, keep)
+  local quoted = {}
+  for _, s in ipairs(keep) do quoted[#quoted + 1] = quote_literal(s) end
+  local rows, err = M.query(primary, string.format(
+    "SELECT slot_name, pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+    .. "WHERE slot_type = 'physical' AND NOT active%s",
+    #quoted > 0 and (" AND slot_name NOT IN (" .. table.concat(quoted, ", ") .. ")") or ""))
+  if not rows then return nil, err end
+  return #rows
+end
+
 -- Wait until primary's pg_stat_replication shows app_name streaming (and, with
 -- want_sync, with sync_state 'sync').
 function M.wait_streaming(primary, app_name, want_sync, timeout)

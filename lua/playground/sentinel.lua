@@ -281,6 +281,20 @@ local function repoint_others(state, sw, new)
   end
 end
 
+-- On the new master, drop the inactive slots no other node streams through (stolon's
+-- keeper drops the slots of standbys that are gone); the old master gets a new one
+-- when it is rewound.
+local function drop_stale_slots(state, sw, new)
+  local keep = {}
+  for uid, n in pairs(state.nodes) do
+    if uid ~= sw.failed_keeper and uid ~= sw.new_keeper and n.slot then keep[#keep + 1] = n.slot end
+  end
+  local dropped, err = pgnode.drop_stale_slots(new, keep)
+  if not dropped then
+    say("warn", {event = "sentinel.drop_slots_failed", msg = tostring(err), keeper = sw.new_keeper})
+  end
+end
+
 -- Tick N+1: real promotion, then the switched-insufficient-standbys document.
 local function do_promote(state, doc)
   local sw = state.switch
@@ -299,6 +313,7 @@ local function do_promote(state, doc)
     if not ok then return nil, "promote: " .. tostring(err) end
     sw.promoted = true
     say("info", {event = "sentinel.promoted", msg = "promoted " .. sw.new_keeper, keeper = sw.new_keeper})
+    drop_stale_slots(state, sw, new)
   end
   repoint_others(state, sw, new)
   local st = pgnode.status(new)

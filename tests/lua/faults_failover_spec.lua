@@ -355,6 +355,7 @@ describe("failover clean-up against slow fake pausers", function()
     f.real = real
     f.client = {
       get = function(_, ...) return real:get(...) end,
+      watch = function(_, ...) return real:watch(...) end, -- the wait before PAUSE watches (alignment)
       txn = function(_, req)
         assert(real:txn(req))
         if stall then task.sleep(stall) end

@@ -1,3 +1,4 @@
+local jsonedit = require "jsonedit"
 local stolon = require "stolon"
 local cjson = require "cjson"
 
@@ -98,6 +99,17 @@ describe("stolon model on stolon's own documents", function()
     local want = cjson.decode(fixture("failkeeper-requested"))
     assert.same(want, cjson.decode(out))
     assert.is_nil((stolon.with_force_fail(raw, "keeper9")))
+  end)
+
+  it("tells when the manager began the switch a forceFail asked for (the failover's reaction)", function()
+    local old = load("healthy"):master()
+    assert.is_nil(load("failkeeper-requested"):switch_began(old)) -- our own write: nothing yet
+    assert.equals("no_master", load("no-master"):switch_began(old))
+    assert.equals("master_changed", load("switched-insufficient-standbys"):switch_began(old))
+    -- a sentinel that takes the mark and keeps the master for now
+    local raw = assert(stolon.with_force_fail(fixture("healthy"), "keeper0"))
+    local taken = assert(jsonedit.set(raw, { "keepers", "keeper0", "status", "forceFail" }, "false"))
+    assert.equals("force_fail_consumed", assert(stolon.decode(taken)):switch_began(old))
   end)
 
   it("shortens and restores sleepInterval byte for byte", function()

@@ -1,0 +1,87 @@
+-- sentinel_clock: learning the sentinel's period and phase from write arrival times,
+-- and planning the PAUSE so that forceFail lands before the next read. Pure Lua: the
+-- times are made up here, no clock is read.
+local sentinel_clock = require "sentinel_clock"
+
+describe("sentinel_clock", function()
+  -- writes every `period` from t0, n of them (a sleep of 1 s plus a 40 ms check)
+  local function ticking(n, period, t0, interval)
+    local c = sentinel_clock.new { interval = interval or 1 }
+    for i = 0, n - 1 do c:add(t0 + i * period, 100 + i) end
+    return c
+  end
+
+  it("learns the period from four regular writes, not from three", function()
+    local c = ticking(3, 1.04, 10)
+    local l, why = c:learn()
+    assert.is_nil(l)
+    assert.matches("3 writes seen, need 4", why, 1, true)
+    c:add(10 + 3 * 1.04, 103)
+    l = assert(c:learn())
+    assert.near(1.04, l.period, 1e-9)
+    assert.near(10 + 3 * 1.04, l.last, 1e-9)
+    assert.equals(3, l.gaps)
+  end)
+
+  it("counts one revision once", function()
+    local c = ticking(4, 1.04, 10)
+    c:add(13.2, 103)
+    assert.equals(4, #c.arrivals)
+  end)
+
+  it("uses only the newest run of gaps that fit the short interval (the old interval's are older)", function()
+    local c = sentinel_clock.new { interval = 1 }
+    local t = 0
+    for i = 1, 3 do c:add(t, i) t = t + 5.04 end -- the old 5s interval
+    for i = 4, 7 do c:add(t, i) t = t + 1.04 end
+    local l = assert(c:learn())
+    assert.near(1.04, l.period, 1e-9)
+    assert.equals(3, l.gaps)
+  end)
+
+  it("refuses gaps that are not one interval plus a check apart, saying why", function()
+    local c = ticking(5, 0.5, 0) -- twice as fast as the interval: not this sentinel
+    local l, why = c:learn()
+    assert.is_nil(l)
+    assert.matches("not one sleepInterval", why, 1, true)
+    c = sentinel_clock.new { interval = 1 }
+    for i, t in ipairs { 0, 1.1, 2.2, 3.3, 3.6 } do c:add(t, i) end -- a second writer, last
+    l, why = c:learn()
+    assert.is_nil(l)
+    assert.matches("0.300", why, 1, true)
+  end)
+
+  it("takes checks of varying length (a loaded machine): the next read is last write + S", function()
+    local c = sentinel_clock.new { interval = 0.25 }
+    for i, t in ipairs { 0, 0.47, 0.95, 1.33, 1.81 } do c:add(t, i) end -- checks of 0.13-0.23 s
+    local l = assert(c:learn())
+    assert.is_true(l.spread > 0.05)
+    local p = assert(c:plan(1.82, 0.05))
+    assert.equals(1, p.k)
+    assert.near(2.06, p.read, 1e-9)
+    assert.near(sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN * 0.25, p.margin, 1e-9)
+  end)
+
+  it("plans the start a lead and a margin before the next read (last write + interval)", function()
+    local c = ticking(4, 1.04, 10) -- last write at 13.12: next read at 14.12
+    local p = assert(c:plan(13.2, 0.1))
+    assert.equals(1, p.k)
+    assert.near(14.12, p.read, 1e-9)
+    local m = sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN
+    assert.near(m, p.margin, 1e-9)
+    assert.near(14.12 - 0.1 - m, p.start, 1e-9)
+  end)
+
+  it("moves to a later read when the next one is too close, with a wider margin", function()
+    local c = sentinel_clock.new { interval = 1 }
+    for i, t in ipairs { 0, 1.04, 2.06, 3.08 } do c:add(t, i) end -- period 1.02, spread 0.02
+    local p = assert(c:plan(3.94, 0.1)) -- read at 4.08, start 4.08 - 0.035 - 0.1 = 3.945: in time
+    assert.equals(1, p.k)
+    p = assert(c:plan(4.0, 0.1))
+    assert.equals(2, p.k)
+    local l = assert(c:learn())
+    assert.near(4.08 + l.period, p.read, 1e-9)
+    assert.is_true(p.margin > sentinel_clock.BASE_MARGIN)
+    assert.is_true(p.start >= 4.0)
+  end)
+end)
