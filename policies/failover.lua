@@ -29,9 +29,10 @@ p:step("acquire_lock", f:step "acquire_lock"):defer("release_lock", f:step "rele
 p:step("shorten_sleep_interval", f:step "shorten_sleep_interval")
   :defer("restore_sleep_interval", f:step "restore_sleep_interval")
 
--- 4. PAUSE every PgBouncer: the front (--extra-pauser) ones first, then the keepers',
---    each pause carrying its expiry and the failover's pause lease. RESUME on the way
---    out: keepers first, then the front ones.
+-- 4. PAUSE every PgBouncer: first wait for the moment that puts step 5 just before
+--    the sentinel's next read (--align-to-sentinel), then the front (--extra-pauser)
+--    ones, then the keepers', each pause carrying its expiry and the failover's pause
+--    lease. RESUME on the way out: keepers first, then the front ones.
 p:step("pause", f:step "pause"):defer("resume", f:step "resume")
 
 -- 5. Switch: mark the master keeper failed (forceFail, or --stolonctl), and wait until
