@@ -5,7 +5,8 @@
 # For every command in the first ```sh block of README.md (so a README change is
 # tested too): unpack a new copy of a minimal bookworm root (mmdebstrap
 # --variant=minbase, cached as a tarball between runs), put a clean clone of this
-# repository's HEAD in /root/project, mount /proc, /sys, /dev and a tmpfs /dev/shm,
+# repository's HEAD in /root/project, mount /proc, /sys, /dev (with /dev/pts) and a
+# tmpfs /dev/shm,
 # install only make and git, and run the command there as root; then the same again
 # as an ordinary user with sudo and a clone in its home. Prints each run's exit
 # status and time; exits non-zero when one failed. Whatever happens, processes
@@ -113,6 +114,8 @@ run_one() {
   mnt "$r/dev" --bind /dev
   mount --make-slave "$r/dev"
   mnt "$r/dev/shm" -t tmpfs -o mode=1777,size=1g tmpfs
+  # terminals (the REPL spec runs script(1)): a bind of /dev leaves /dev/pts empty
+  mnt "$r/dev/pts" --bind /dev/pts
   mnt "$r/var/cache/apt/archives" --bind "$CACHE/archives"
   cp /etc/resolv.conf "$r/etc/resolv.conf"
   printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
