@@ -60,16 +60,24 @@ const spgb_embedded_file *spgb_embedded_find(const char *path)
     return NULL;
 }
 
-int spgb_host_load(lua_State *L, const char *rel)
+const char *spgb_host_dir_file(const char *rel, char *buf, size_t size)
 {
     const char *dir = spgb_host_luadir();
-    if (dir) {
-        char path[PATH_MAX * 2];
-        int n = snprintf(path, sizeof path, "%s/%s", dir, rel);
-        if (n > 0 && (size_t)n < sizeof path && access(path, F_OK) == 0) {
-            int st = luaL_loadfilex(L, path, "t");
-            return st == LUA_OK ? 1 : -1;
-        }
+    if (!dir)
+        return NULL;
+    int n = snprintf(buf, size, "%s/%s", dir, rel);
+    if (n <= 0 || (size_t)n >= size || access(buf, F_OK) != 0)
+        return NULL;
+    return buf;
+}
+
+int spgb_host_load(lua_State *L, const char *rel)
+{
+    char buf[PATH_MAX * 2];
+    const char *path = spgb_host_dir_file(rel, buf, sizeof buf);
+    if (path) {
+        int st = luaL_loadfilex(L, path, "t");
+        return st == LUA_OK ? 1 : -1;
     }
     const spgb_embedded_file *f = spgb_embedded_find(rel);
     if (!f)

@@ -23,6 +23,10 @@ const char *spgb_host_luadir(void);
  * 1 with the chunk pushed, 0 (nothing pushed) when there is no such file, -1 with
  * the error message pushed when it does not compile. Does not yield. */
 int spgb_host_load(lua_State *L, const char *rel);
+/* The path of rel in $SPGB_LUA_DIR (written into buf) when that is set and the file
+ * exists there, else NULL: the embedded copy applies. The one place that decides
+ * which copy of a project file is used (spgb_host_load, `policy show`). */
+const char *spgb_host_dir_file(const char *rel, char *buf, size_t size);
 /* Run policies/<name>.lua (found by spgb_host_load) as spgb_host_run_file does,
  * with arg[0] = "policies/<name>.lua". */
 int spgb_host_run_policy(lua_State *L, const char *name, int argc, char **argv);

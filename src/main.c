@@ -92,24 +92,25 @@ static int policy_cmd(int argc, char **argv)
         fprintf(stderr, "stolon-pgbouncer: policy show: bad name %s\n", argv[1]);
         return 2;
     }
-    const char *dir = spgb_host_luadir();
-    if (dir) {
-        char path[PATH_MAX * 2];
-        snprintf(path, sizeof path, "%s/%s", dir, rel);
+    char pathbuf[PATH_MAX * 2];
+    const char *path = spgb_host_dir_file(rel, pathbuf, sizeof pathbuf);
+    if (path) {
         FILE *f = fopen(path, "rb");
-        if (f) {
-            char buf[8192];
-            size_t got;
-            while ((got = fread(buf, 1, sizeof buf, f)) > 0)
-                fwrite(buf, 1, got, stdout);
-            int bad = ferror(f);
-            fclose(f);
-            if (bad) {
-                fprintf(stderr, "stolon-pgbouncer: policy show: cannot read %s\n", path);
-                return 1;
-            }
-            return fflush(stdout) == 0 ? 0 : 1;
+        if (!f) {
+            fprintf(stderr, "stolon-pgbouncer: policy show: cannot open %s\n", path);
+            return 1;
         }
+        char buf[8192];
+        size_t got;
+        while ((got = fread(buf, 1, sizeof buf, f)) > 0)
+            fwrite(buf, 1, got, stdout);
+        int bad = ferror(f);
+        fclose(f);
+        if (bad) {
+            fprintf(stderr, "stolon-pgbouncer: policy show: cannot read %s\n", path);
+            return 1;
+        }
+        return fflush(stdout) == 0 ? 0 : 1;
     }
     const spgb_embedded_file *e = spgb_embedded_find(rel);
     if (!e) {
