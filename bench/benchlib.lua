@@ -169,14 +169,9 @@ function M.cpu_seconds(pid)
     local _, out = proc.run { "getconf", "CLK_TCK" }
     clk_tck = tonumber(out) or 100
   end
-  local t = read_file(("/proc/%d/stat"):format(pid))
-  if not t then return nil end
-  -- fields after the parenthesised command name (which may hold spaces)
-  local rest = t:match("%) (.*)$")
-  local f = {}
-  for w in rest:gmatch("%S+") do f[#f + 1] = w end
-  -- rest starts at field 3 (state): utime is field 14, stime field 15
-  return (tonumber(f[12]) + tonumber(f[13])) / clk_tck
+  local f = require("playground.procstat").fields(pid)
+  if not f then return nil end
+  return (tonumber(f[14]) + tonumber(f[15])) / clk_tck -- utime + stime
 end
 
 -- quiet(): our library's info lines would swamp the benchmark's output

@@ -16,6 +16,7 @@
 local cluster = require "playground.cluster"
 local fs = require "fs"
 local log = require "log"
+local procstat = require "playground.procstat"
 local task = require "task"
 
 local state = arg[1]
@@ -36,12 +37,8 @@ end
 -- A process's start time (field 22 of /proc/PID/stat, in clock ticks since boot): with
 -- the pid it names one process for good, even after the pid is reused.
 local function start_time(pid)
-  local stat = fs.read(("/proc/%d/stat"):format(pid))
-  local rest = stat and stat:match("%) (.*)$")
-  if not rest then return nil end
-  local fields = {}
-  for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
-  return fields[20] -- field 22 overall; "rest" starts at field 3
+  local f = procstat.fields(pid)
+  return f and f[22]
 end
 
 local function record_pids(c)

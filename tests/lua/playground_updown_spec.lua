@@ -6,6 +6,7 @@
 -- 16432, 18080): nothing else may run a playground meanwhile.
 local fs = require "fs"
 local proc = require "proc"
+local procstat = require "playground.procstat"
 local task = require "task"
 
 local root = assert(os.getenv("SPGB_LUA_DIR"))
@@ -17,8 +18,8 @@ end
 -- Running, not a zombie: an exited holder's parent is whatever reaper it was handed
 -- to when the shell that started it ended, and that one may reap it late.
 local function alive(pid)
-  local stat = fs.read(("/proc/%d/stat"):format(pid))
-  return stat ~= nil and stat:match("%) (%a)") ~= "Z"
+  local f = procstat.fields(pid)
+  return f ~= nil and f[3] ~= "Z"
 end
 
 local function recorded(state)
@@ -29,10 +30,7 @@ local function recorded(state)
 end
 
 local function session_of(pid)
-  local stat = assert(fs.read(("/proc/%d/stat"):format(pid)))
-  local fields = {}
-  for f in stat:match("%) (.*)$"):gmatch("%S+") do fields[#fields + 1] = f end
-  return tonumber(fields[4]) -- field 6 overall: the session id
+  return tonumber(assert(procstat.fields(pid))[6]) -- the session id
 end
 
 local function all_gone(pids)
