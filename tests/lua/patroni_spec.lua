@@ -228,3 +228,32 @@ describe("the manager interface", function()
     assert.is_true(cjson.decode(edited).keepers[p.keeper].status.forceFail)
   end)
 end)
+
+describe("--manager flags (lua/common.lua)", function()
+  local common = require "common"
+  local function opts(o)
+    local t = { manager = "stolon", store_backend = "etcdv3", cluster_name = "", patroni_scope = "",
+      patroni_namespace = "/service", store_prefix = "stolon/cluster", store_endpoints = { "http://127.0.0.1:1" } }
+    for k, v in pairs(o) do t[k] = v end
+    return t
+  end
+
+  it("picks the model, refusing an unknown manager", function()
+    assert.equals(patroni, common.model(opts { manager = "patroni" }))
+    assert.equals(stolon, common.model(opts {}))
+    local _, err = common.model(opts { manager = "consul" })
+    assert.equals('--manager "consul": want stolon or patroni', err)
+    assert.equals('--manager "consul": want stolon or patroni', select(2, common.connect_store(opts { manager = "consul" })))
+  end)
+
+  it("requires the scope with patroni, the cluster name with stolon", function()
+    assert.matches("--patroni-scope", select(2, common.connect_store(opts { manager = "patroni" })), 1, true)
+    assert.matches("--cluster-name", select(2, common.connect_store(opts { patroni_scope = "x" })), 1, true)
+  end)
+
+  it("keeps stolon's lock name and puts Patroni's under the scope", function()
+    assert.equals("stolon/cluster/c/clusterdata/failover", common.lock_name(opts { cluster_name = "c" }))
+    assert.equals("/service/pg/stolon-pgbouncer/failover-lock",
+      common.lock_name(opts { manager = "patroni", patroni_scope = "pg" }))
+  end)
+end)
