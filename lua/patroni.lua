@@ -240,12 +240,30 @@ end
 -- headers). Patroni answers once it sees the switch or gives up (503 "status
 -- unknown" while the switch may still happen): callers trust the DCS, not this
 -- reply, except a refusal (switch_refused). Task only; yields.
+-- api_base(m) -> m's REST API root ("http://host:8008"): api_url without /patroni
+local function api_base(m)
+  return (m.api_url:gsub("/patroni/?$", ""):gsub("/$", ""))
+end
+
+-- api_check(m [, opts]) -> true | nil, err: GET /patroni on m's REST API answers 200
+-- (the pre-flight: an API that cannot be reached fails the failover before any
+-- PAUSE). opts: timeout, ca_file. Task only; yields.
+function M.api_check(m, opts)
+  opts = opts or {}
+  if not m.api_url then return nil, ("%s has no api_url"):format(m.name) end
+  local http = require "http"
+  local url = api_base(m) .. "/patroni"
+  local res, err = http.request { url = url, timeout = opts.timeout or 2, ca_file = opts.ca_file }
+  if not res then return nil, ("GET %s: %s"):format(url, tostring(err)) end
+  if res.status ~= 200 then return nil, ("GET %s: HTTP %d"):format(url, res.status) end
+  return true
+end
+
 function M.request_switch(old, candidate, opts)
   opts = opts or {}
   local http = require "http"
-  local url = old.api_url
-  if not url then return nil, ("leader %s has no api_url"):format(old.name) end
-  local base = url:gsub("/patroni/?$", ""):gsub("/$", "")
+  if not old.api_url then return nil, ("leader %s has no api_url"):format(old.name) end
+  local base = api_base(old)
   local headers = { ["Content-Type"] = "application/json" }
   for k, v in pairs(opts.headers or {}) do headers[k] = v end
   local res, err, code = http.request {
@@ -257,10 +275,14 @@ function M.request_switch(old, candidate, opts)
   return res.status, res.body
 end
 
--- switch_refused(status) -> true when Patroni's reply means no switch will happen:
--- 400 (bad request), 401/403, 412 (not possible), and not 200 or 503.
-function M.switch_refused(status)
-  return status ~= nil and status >= 400 and status < 500
+-- switch_refused(status, code) -> true when no switch will come of the request:
+-- Patroni answered 4xx (400 bad request, 401/403, 412 not possible), or the request
+-- never reached it (code "connect", "resolve", "tls"). 200, 503, a timeout or an I/O
+-- error mid-request are not refusals: the DCS says what happened.
+local NOT_SENT = { connect = true, resolve = true, tls = true }
+function M.switch_refused(status, code)
+  if status == nil then return NOT_SENT[code] == true end
+  return status >= 400 and status < 500
 end
 
 -- switch_finished(view, old) -> member | nil, state, detail: done when the leader

@@ -1,11 +1,12 @@
--- status: every keeper's pauser health, and the cluster as stolon sees it.
+-- status: every keeper's pauser health, and the cluster as its manager (stolon, or
+-- Patroni with --manager patroni) sees it.
 local common = require "common"
 local failover = require "failover"
 local flags = require "flags"
 local task = require "task"
 local null = require("cjson.safe").null
 
-local spec = common.spec(common.global_flags, common.stolon_flags, common.token_flags, {
+local spec = common.spec(common.global_flags, common.stolon_flags, common.manager_flags, common.token_flags, {
   { name = "pauser-port", default = "8080", help = "Port on which the pauser APIs are listening" },
   { name = "pauser-scheme", default = "http", help = "http or https for the pauser API" },
   { name = "pauser-ca-file", default = "", help = "CA bundle to verify HTTPS pausers" },
@@ -73,11 +74,12 @@ for i, c in ipairs(f.pausers) do
   hc[i] = function() return table.pack(c:health(opts.timeout)) end
 end
 local res = task.all(hc)
-local master = cd:master()
-local healthy, why = cd:check_healthy(1)
+local master = f.model.primary(cd)
+local healthy, why = f.model.can_lose_primary(cd)
 local report = {
-  cluster = opts.cluster_name,
-  master = master and { keeper = master.keeper or null, db_uid = master.uid, host = master.host or null,
+  cluster = f.patroni and opts.patroni_scope or opts.cluster_name,
+  master = master and { keeper = master.keeper or master.name or null, db_uid = master.uid or null,
+    host = master.host or null,
     port = tonumber(master.port) or master.port or null } or null,
   can_lose_one_node = healthy and true or false,
   health_detail = not healthy and tostring(why) or null,
