@@ -7,6 +7,7 @@
 local D = require "support.daemon"
 local E = require "support.etcd"
 local P = require "support.pg"
+local PT = require "support.patroni"
 local cjson = require "cjson"
 local fs = require "fs"
 local pg = require "pg"
@@ -34,17 +35,9 @@ describe("supervise --manager patroni", function()
 
   local function put(rel, value) assert(client:put(BASE .. rel, value)) end
 
-  local function reloads()
-    local n = 0
-    for _ in (fs.read(dir .. "/pgbouncer.log") or ""):gmatch("RELOAD command issued") do n = n + 1 end
-    return n
-  end
+  local function reloads() return PT.reloads(dir) end
 
-  local function db_host()
-    for _, r in ipairs(admin:show("DATABASES") or {}) do
-      if r.name == "postgres" then return r.host end
-    end
-  end
+  local function db_host() return PT.db_host(admin) end
 
   local function served_by()
     local conn, err = pg.connect({ host = BOUNCER_HOST, port = BOUNCER_PORT, dbname = "postgres",
@@ -71,24 +64,8 @@ describe("supervise --manager patroni", function()
     pg_a = P.start_postgres { host = HOST_A, port = PG_PORT }
     pg_b = P.start_postgres { host = HOST_B, port = PG_PORT }
     D.write_file(dir .. "/userlist.txt", '"pgbouncer" ""\n"postgres" ""\n')
-    D.write_file(dir .. "/pgbouncer.ini.template", table.concat({
-      "[databases]",
-      "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
-      "; member {{.Member}} of {{.Scope}}",
-      "[pgbouncer]",
-      "listen_addr = " .. BOUNCER_HOST,
-      "listen_port = " .. BOUNCER_PORT,
-      "unix_socket_dir = " .. dir,
-      "auth_type = trust",
-      "auth_file = " .. dir .. "/userlist.txt",
-      "admin_users = pgbouncer",
-      "pool_mode = transaction",
-      "server_login_retry = 1",
-      "logfile = " .. dir .. "/pgbouncer.log",
-      "pidfile = " .. dir .. "/pgbouncer.pid",
-      "ignore_startup_parameters = extra_float_digits",
-      "",
-    }, "\n"))
+    D.write_file(dir .. "/pgbouncer.ini.template", PT.pgbouncer_template {
+      dir = dir, host = BOUNCER_HOST, port = BOUNCER_PORT, comment = "; member {{.Member}} of {{.Scope}}" })
     admin = pgbouncer.connect { host = BOUNCER_HOST, port = BOUNCER_PORT, user = "pgbouncer", timeout = 3, lazy = true }
   end)
 
