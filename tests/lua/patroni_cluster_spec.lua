@@ -114,6 +114,49 @@ describe("real Patroni", function()
 
   local function reloads() return PT.reloads(dir) end
 
+  -- start_load() -> {stop = fn -> stats}: 4 clients inserting through the proxy
+  -- PgBouncer (each on its connection, a new one after an error) until stopped;
+  -- stats = {ok=, failed=, errors=}. Runs a second before it returns and after stop.
+  local function start_load()
+    local conninfo = { host = PROXY, port = BOUNCER_PORT, dbname = "postgres", user = "postgres" }
+    local stats = { ok = 0, failed = 0, errors = {} }
+    local stop = false
+    local function client_loop(i)
+      local conn
+      while not stop do
+        if not conn then conn = pg.connect(conninfo, { timeout = 5 }) end
+        if not conn then
+          stats.failed = stats.failed + 1
+          task.sleep(0.05)
+        else
+          local rows, err = conn:query_opts { sql = "INSERT INTO load (c) VALUES (" .. i .. ") RETURNING id", timeout = 20 }
+          if rows then
+            stats.ok = stats.ok + 1
+          else
+            stats.failed = stats.failed + 1
+            stats.errors[#stats.errors + 1] = tostring(err)
+            conn:close()
+            conn = nil
+          end
+          task.sleep(0.01)
+        end
+      end
+      if conn then conn:close() end
+    end
+    local setup_conn = assert(pg.connect(conninfo, { timeout = 5 }))
+    assert(setup_conn:query("CREATE TABLE IF NOT EXISTS load (id bigserial PRIMARY KEY, c int)"))
+    setup_conn:close()
+    local loads = {}
+    for i = 1, 4 do loads[i] = task.spawn(client_loop, i) end
+    task.sleep(1)
+    return { stop = function()
+      task.sleep(1)
+      stop = true
+      for _, h in ipairs(loads) do h:wait() end
+      return stats
+    end }
+  end
+
   setup(function()
     dir = P.tmpdir("spgb-patroni")
     etcd_srv = E.start { members = 1, hosts = { ETCD_HOST }, port = ETCD_PORT }
@@ -190,45 +233,13 @@ describe("real Patroni", function()
     assert(ready("n2", "n1"), "n1 did not rejoin as a sync replica: " .. patroni_log("n1"))
     pauser = D.start({ "pauser", "--bind-address", PROXY .. ":" .. PAUSER_PORT, "--pgbouncer-host", PROXY,
       "--pgbouncer-port", tostring(BOUNCER_PORT), "--metrics-port", "0" })
-    local conninfo = { host = PROXY, port = BOUNCER_PORT, dbname = "postgres", user = "postgres" }
-    local setup_conn = assert(pg.connect(conninfo, { timeout = 5 }))
-    assert(setup_conn:query("CREATE TABLE IF NOT EXISTS load (id bigserial PRIMARY KEY, c int)"))
-    setup_conn:close()
-    local stats = { ok = 0, failed = 0, errors = {} }
-    local stop = false
-    local function client_loop(i)
-      local conn
-      while not stop do
-        if not conn then conn = pg.connect(conninfo, { timeout = 5 }) end
-        if not conn then
-          stats.failed = stats.failed + 1
-          task.sleep(0.05)
-        else
-          local rows, err = conn:query_opts { sql = "INSERT INTO load (c) VALUES (" .. i .. ") RETURNING id", timeout = 20 }
-          if rows then
-            stats.ok = stats.ok + 1
-          else
-            stats.failed = stats.failed + 1
-            stats.errors[#stats.errors + 1] = tostring(err)
-            conn:close()
-            conn = nil
-          end
-          task.sleep(0.01)
-        end
-      end
-      if conn then conn:close() end
-    end
-    local loads = {}
-    for i = 1, 4 do loads[i] = task.spawn(client_loop, i) end
-    task.sleep(1)
+    local load = start_load()
     local report = dir .. "/report.json"
     local code, out, err = D.run({ "failover", "--manager", "patroni", "--patroni-scope", SCOPE,
       "--store-endpoints", endpoint, "--no-node-pausers", "--extra-pauser", PROXY .. ":" .. PAUSER_PORT,
       "--candidate", "n1", "--write-probe", "host={{.Host}} port={{.Port}} dbname=postgres user=postgres",
       "--report-file", report, "--metrics-port", "0" }, { timeout = 60 })
-    task.sleep(1)
-    stop = true
-    for _, h in ipairs(loads) do h:wait() end
+    local stats = load.stop()
     assert.equals(0, code, (out or "") .. (err or ""))
     local s = require("cjson").decode((assert(fs.read(report))))
     io.stderr:write(("\n  patroni failover: pause window %.1f ms (Patroni %.1f ms, ours %.1f ms); "
@@ -258,5 +269,43 @@ describe("real Patroni", function()
     for _, p in ipairs(r.pausers) do by[p.name] = p.status end
     assert.equals("healthy", by[PROXY .. ":" .. PAUSER_PORT])
     assert.equals("unhealthy", by.n2)
+  end)
+
+  it("failover --manager patroni refuses before any PAUSE: unknown candidate, unreachable REST API", function()
+    local base = { "failover", "--manager", "patroni", "--patroni-scope", SCOPE, "--store-endpoints", endpoint,
+      "--no-node-pausers", "--extra-pauser", PROXY .. ":" .. PAUSER_PORT, "--metrics-port", "0" }
+    local function argv(...)
+      local t = { table.unpack(base) }
+      for _, a in ipairs { ... } do t[#t + 1] = a end
+      return t
+    end
+    local code, out, err = D.run(argv("--health-check-only"), { timeout = 30 })
+    assert.equals(0, code, (out or "") .. (err or ""))
+    code, out, err = D.run(argv("--candidate", "n9"), { timeout = 30 })
+    assert.equals(1, code, out)
+    assert.matches("candidate n9 is not a member", err, 1, true)
+    assert.is_nil(err:find("event=pgbouncer_pause", 1, true))
+    -- the leader's REST API stopped (SIGSTOP: the port accepts nothing within the timeout)
+    members.n1:signal("STOP")
+    code, out, err = D.run(argv("--health-check-timeout", "1s"), { timeout = 30 })
+    members.n1:signal("CONT")
+    assert.equals(1, code, out)
+    assert.matches("Patroni REST API of the leader", err, 1, true)
+    assert.is_nil(err:find("event=pgbouncer_pause", 1, true))
+    assert.equals("n1", view().leader)
+  end)
+
+  -- The negative control: the same load through the same PgBouncer, and a plain REST
+  -- switchover without our PAUSE: the harness must see failed transactions.
+  it("a plain Patroni switchover without the pause fails transactions (the harness sees them)", function()
+    assert(ready("n1", "n2"), "n2 is no sync replica: " .. patroni_log("n2"))
+    local load = start_load()
+    local v = view()
+    patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30 })
+    assert(D.eventually(30, function() return patroni.switch_finished(view(), v.members.n1) end))
+    assert(D.eventually(15, function() return db_host() == NODES.n2 end))
+    local stats = load.stop()
+    io.stderr:write(("\n  plain patroni switchover: %d transactions ok, %d failed\n"):format(stats.ok, stats.failed))
+    assert.is_true(stats.failed > 0, "no failure seen: the load cannot see what the pause prevents")
   end)
 end)
