@@ -42,6 +42,8 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.manager_f
   { name = "candidate", default = "",
     help = "With --manager patroni: the member to switch over to (default: the first good replica)" },
   { name = "patroni-ca-file", default = "", help = "CA bundle to verify Patroni's HTTPS REST API" },
+  { name = "patroni-auth-file", env = "PATRONI_AUTH_FILE", default = "",
+    help = "File holding user:password for Patroni's REST API (else $PATRONI_RESTAPI_USERNAME/_PASSWORD)" },
   { name = "switchover-timeout", type = "duration", default = "30s",
     help = "With --manager patroni: how long the POST /switchover request may take" },
   { name = "health-check-timeout", type = "duration", default = "2s", help = "Timeout for health checking pause clients" },
@@ -89,6 +91,11 @@ function M.setup(opts)
   self.client = client
   self.patroni = opts.manager == "patroni"
   self.model = common.model(opts)
+  if self.patroni then
+    local auth, aerr = patroni.credentials(opts.patroni_auth_file, os.getenv)
+    if aerr then error(aerr, 0) end
+    self.patroni_auth = auth
+  end
   -- key: the clusterdata key, or Patroni's scope prefix; our own keys (the pause
   -- lease) go under our_prefix.
   self.key = self.patroni and common.patroni_base(opts) or common.clusterdata_key(opts)
@@ -557,7 +564,8 @@ function M:switchover()
   self.ctx.failkeeper_at = task.now()
   self.ctx.switch_request = task.named("switchover_request", function()
     local status, body, code = patroni.request_switch(old, cand, {
-      timeout = o.switchover_timeout, ca_file = o.patroni_ca_file ~= "" and o.patroni_ca_file or nil })
+      timeout = o.switchover_timeout, ca_file = o.patroni_ca_file ~= "" and o.patroni_ca_file or nil,
+      auth = self.patroni_auth })
     self.ctx.switch_reply = { status = status, body = body, code = code, at = task.now() }
     local short = type(body) == "string" and body:sub(1, 200) or nil
     self.log.info { event = "switchover_reply", status = tostring(status), body = short,

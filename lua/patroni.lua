@@ -237,9 +237,32 @@ end
 
 -- request_switch(old, candidate [, opts]) -> status, body | nil, err, code: POST
 -- /switchover {"leader", "candidate"} to old's REST API (opts: timeout, ca_file,
--- headers). Patroni answers once it sees the switch or gives up (503 "status
+-- auth = credentials()'s table, headers). Patroni answers once it sees the switch or gives up (503 "status
 -- unknown" while the switch may still happen): callers trust the DCS, not this
 -- reply, except a refusal (switch_refused). Task only; yields.
+-- credentials(file, env) -> {user=, password=} | nil (no credentials) | nil, err:
+-- Patroni's restapi.authentication for the requests that need it (POST
+-- /switchover). From file ("user:password", its first line) when given, else from
+-- env's PATRONI_RESTAPI_USERNAME and PATRONI_RESTAPI_PASSWORD (the names Patroni
+-- reads itself). Never from argv, never logged. env: a getenv function (os.getenv).
+function M.credentials(file, env)
+  if file and file ~= "" then
+    local text, err = require("fs").read(file)
+    if not text then return nil, ("--patroni-auth-file: %s"):format(err) end
+    local user, password = text:match("^([^:\n]+):([^\n]*)")
+    if not user then return nil, ("--patroni-auth-file %s: expected user:password"):format(file) end
+    return { user = user, password = (password:gsub("%s+$", "")) }
+  end
+  local user, password = env("PATRONI_RESTAPI_USERNAME"), env("PATRONI_RESTAPI_PASSWORD")
+  if user and user ~= "" then return { user = user, password = password or "" } end
+  return nil
+end
+
+-- basic_auth(c) -> the Authorization header value for credentials c
+function M.basic_auth(c)
+  return "Basic " .. require("etcd.core").b64enc(c.user .. ":" .. c.password)
+end
+
 -- api_base(m) -> m's REST API root ("http://host:8008"): api_url without /patroni
 local function api_base(m)
   return (m.api_url:gsub("/patroni/?$", ""):gsub("/$", ""))
@@ -266,6 +289,7 @@ function M.request_switch(old, candidate, opts)
   local base = api_base(old)
   local headers = { ["Content-Type"] = "application/json" }
   for k, v in pairs(opts.headers or {}) do headers[k] = v end
+  if opts.auth then headers["Authorization"] = M.basic_auth(opts.auth) end
   local res, err, code = http.request {
     method = "POST", url = base .. "/switchover", headers = headers,
     body = cjson.encode { leader = old.name, candidate = candidate and candidate.name or nil },

@@ -23,6 +23,8 @@ local PG_PORT = 29001
 local PROXY, BOUNCER_PORT, PAUSER_PORT = "127.0.9.64", 29010, 29011
 local SCOPE = "pcl"
 local BASE = "/service/" .. SCOPE .. "/"
+-- Patroni's restapi.authentication: POST /switchover needs it (basic auth)
+local AUTH = { user = "spgb", password = "pw-not-in-argv" }
 
 describe("real Patroni", function()
   local dir, etcd_srv, endpoint, client, sv, pauser, admin
@@ -46,6 +48,7 @@ describe("real Patroni", function()
       "restapi:",
       ("  listen: %s:%d"):format(host, API_PORT[name]),
       ("  connect_address: %s:%d"):format(host, API_PORT[name]),
+      "  authentication: {username: " .. AUTH.user .. ", password: " .. AUTH.password .. "}",
       "etcd3:",
       ("  hosts: %s:%d"):format(ETCD_HOST, ETCD_PORT + 2),
       "bootstrap:",
@@ -222,22 +225,43 @@ describe("real Patroni", function()
       "--termination-grace-period", "0s" }, { as_postgres = true })
     assert(D.eventually(15, function() return db_host() == NODES.n1 end), "PgBouncer not at n1: " .. sv:logs())
     local v = view()
-    local status = patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30 })
+    local status = patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30, auth = AUTH })
     assert.is_true(status == 200 or status == 503, tostring(status))
     assert(D.eventually(30, function() return db_host() == NODES.n2 end), "PgBouncer did not follow: " .. sv:logs())
     assert.equals(1, reloads())
     assert.is_nil(sv:logs():find("level=error", 1, true))
   end)
 
-  it("failover --manager patroni switches under a write load with 0 failed transactions", function()
+  it("a switchover Patroni refuses (401: no credentials) resumes at once and moves nothing", function()
     assert(ready("n2", "n1"), "n1 did not rejoin as a sync replica: " .. patroni_log("n1"))
     pauser = D.start({ "pauser", "--bind-address", PROXY .. ":" .. PAUSER_PORT, "--pgbouncer-host", PROXY,
       "--pgbouncer-port", tostring(BOUNCER_PORT), "--metrics-port", "0" })
+    assert(D.eventually(10, function()
+      local r = require("http").request { url = ("http://%s:%d/health"):format(PROXY, PAUSER_PORT), timeout = 2 }
+      return r and r.status == 200
+    end), "the pauser did not come up")
+    local t0 = task.now()
+    local code, out, err = D.run({ "failover", "--manager", "patroni", "--patroni-scope", SCOPE,
+      "--store-endpoints", endpoint, "--no-node-pausers", "--extra-pauser", PROXY .. ":" .. PAUSER_PORT,
+      "--metrics-port", "0" }, { timeout = 60, env = { PATRONI_RESTAPI_USERNAME = "", PATRONI_RESTAPI_PASSWORD = "" } })
+    assert.equals(1, code, out)
+    assert.matches("Patroni refused the switchover: HTTP 401", err, 1, true)
+    assert.matches("event=pgbouncer_resume", err, 1, true)
+    assert.is_true(task.now() - t0 < 15, "the refusal was not acted on at once")
+    assert.equals("n2", view().leader)
+    assert.is_nil(err:find(AUTH.password, 1, true))
+  end)
+
+  it("failover --manager patroni switches under a write load with 0 failed transactions", function()
+    assert(ready("n2", "n1"), "n1 did not rejoin as a sync replica: " .. patroni_log("n1"))
+    local auth_file = dir .. "/patroni-auth"
+    D.write_file(auth_file, AUTH.user .. ":" .. AUTH.password .. "\n", "0600")
     local load = start_load()
     local report = dir .. "/report.json"
     local code, out, err = D.run({ "failover", "--manager", "patroni", "--patroni-scope", SCOPE,
       "--store-endpoints", endpoint, "--no-node-pausers", "--extra-pauser", PROXY .. ":" .. PAUSER_PORT,
-      "--candidate", "n1", "--write-probe", "host={{.Host}} port={{.Port}} dbname=postgres user=postgres",
+      "--candidate", "n1", "--patroni-auth-file", auth_file,
+      "--write-probe", "host={{.Host}} port={{.Port}} dbname=postgres user=postgres",
       "--report-file", report, "--metrics-port", "0" }, { timeout = 60 })
     local stats = load.stop()
     assert.equals(0, code, (out or "") .. (err or ""))
@@ -251,6 +275,7 @@ describe("real Patroni", function()
     assert.is_truthy(patroni.primary(view()))
     assert(D.eventually(15, function() return db_host() == NODES.n1 end), "PgBouncer did not follow back")
     assert.matches("n2 .- %-> new master n1", out)
+    assert.is_nil(err:find(AUTH.password, 1, true))
   end)
 
   it("status --manager patroni reports the leader and the pausers", function()
@@ -301,7 +326,7 @@ describe("real Patroni", function()
     assert(ready("n1", "n2"), "n2 is no sync replica: " .. patroni_log("n2"))
     local load = start_load()
     local v = view()
-    patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30 })
+    patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30, auth = AUTH })
     assert(D.eventually(30, function() return patroni.switch_finished(view(), v.members.n1) end))
     assert(D.eventually(15, function() return db_host() == NODES.n2 end))
     local stats = load.stop()
