@@ -319,6 +319,31 @@ function M.switch_finished(view, old)
   return m
 end
 
+-- members_table(view) -> one row per member, by name, as `patronictl list` shows
+-- them: {name=, host=, port=, role= ("Leader", "Sync Standby", "Replica", or the
+-- role itself for a leader that is not writable), state=, timeline=, lag= (bytes
+-- behind the leader's LSN; nil for the leader or when unknown), nofailover=}.
+function M.members_table(view)
+  local top = view.leader_lsn
+  local leader = view.leader and view.members[view.leader]
+  if not top and leader then top = leader.xlog_location end
+  local rows = {}
+  for _, name in ipairs(view.names) do
+    local m = view.members[name]
+    local role = "Replica"
+    if name == view.leader then
+      role = m.writable and "Leader" or m.role
+    elseif in_sync(view, name) then
+      role = "Sync Standby"
+    end
+    local lag
+    if name ~= view.leader and top and m.xlog_location then lag = math.max(0, top - m.xlog_location) end
+    rows[#rows + 1] = { name = name, host = m.host, port = m.port, role = role, state = m.state,
+      timeline = m.timeline, lag = lag, nofailover = m.nofailover }
+  end
+  return rows
+end
+
 function M.describe(m)
   if not m then return "none" end
   return ("%s (%s:%s)"):format(m.name or "?", m.host or "?", m.port or "?")

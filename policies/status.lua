@@ -49,11 +49,27 @@ local function pauser_rows(results)
   return rows
 end
 
+-- members_table(report): Patroni's members as `patronictl list` shows them, plus
+-- the status of each member's pauser.
+local function members_table(report)
+  local pauser_of = {}
+  for _, p in ipairs(report.pausers) do pauser_of[p.name] = p.status end
+  io.stdout:write(("%-12s %-22s %-14s %-10s %-4s %-10s %s\n"):format("MEMBER", "HOST", "ROLE", "STATE", "TL",
+    "LAG (B)", "PAUSER"))
+  for _, m in ipairs(report.members) do
+    io.stdout:write(("%-12s %-22s %-14s %-10s %-4s %-10s %s\n"):format(m.name, ("%s:%s"):format(m.host, m.port),
+      m.role, m.state, m.timeline ~= null and tostring(m.timeline) or "", m.lag ~= null and tostring(m.lag) or "",
+      (pauser_of[m.name] or "-"):upper()))
+  end
+  io.stdout:write("\n")
+end
+
 local function print_table(report)
   local master = report.master
   io.stdout:write(("cluster %s: master %s; %s\n\n"):format(report.cluster,
     master ~= null and ("%s (%s)"):format(master.keeper or "?", master.host or "?") or "none",
     report.can_lose_one_node and "can lose one node" or ("NOT healthy: " .. report.health_detail)))
+  if report.members then members_table(report) end
   io.stdout:write(("%-12s %-22s %-10s %s\n"):format("KEEPER", "PAUSER", "STATUS", "DETAIL"))
   for _, p in ipairs(report.pausers) do
     local detail = p.error ~= null and p.error or ""
@@ -85,6 +101,14 @@ local report = {
   health_detail = not healthy and tostring(why) or null,
   pausers = pauser_rows(res),
 }
+-- Patroni: the members as `patronictl list` shows them (a field stolon's report lacks)
+if f.patroni then
+  report.members = {}
+  for i, m in ipairs(require("patroni").members_table(cd)) do
+    report.members[i] = { name = m.name, host = m.host, port = tonumber(m.port) or m.port, role = m.role,
+      state = m.state, timeline = m.timeline or null, lag = m.lag or null, nofailover = m.nofailover }
+  end
+end
 local all_ok = true
 for _, p in ipairs(report.pausers) do
   if p.status == "unhealthy" then all_ok = false end

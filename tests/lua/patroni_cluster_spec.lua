@@ -294,6 +294,15 @@ describe("real Patroni", function()
     for _, p in ipairs(r.pausers) do by[p.name] = p.status end
     assert.equals("healthy", by[PROXY .. ":" .. PAUSER_PORT])
     assert.equals("unhealthy", by.n2)
+    assert.same({ "n1", "Leader", "running" }, { r.members[1].name, r.members[1].role, r.members[1].state })
+    assert.same({ "n2", "Sync Standby", "running" }, { r.members[2].name, r.members[2].role, r.members[2].state })
+    assert.is_number(r.members[2].lag)
+    assert.is_number(r.members[1].timeline)
+    code, out = D.run({ "status", "--manager", "patroni", "--patroni-scope", SCOPE, "--store-endpoints", endpoint,
+      "--extra-pauser", PROXY .. ":" .. PAUSER_PORT, "--timeout", "1s", "--metrics-port", "0" }, { timeout = 30 })
+    assert.equals(1, code)
+    assert.matches("MEMBER +HOST +ROLE +STATE +TL +LAG %(B%) +PAUSER", out)
+    assert.matches("n1 +" .. NODES.n1:gsub("%.", "%%.") .. ":29001 +Leader +running", out)
   end)
 
   it("failover --manager patroni refuses before any PAUSE: unknown candidate, unreachable REST API", function()
