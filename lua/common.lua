@@ -119,6 +119,21 @@ function M.lock_name(opts)
   return M.clusterdata_key(opts) .. "/failover"
 end
 
+-- pause_prefix(opts) -> where a failover puts the key its pauses are tied to (one per
+-- failover, on its pause lease), which a pauser with store access accepts and
+-- watches: <clusterdata key>/pause/ for stolon, our own key under the scope for Patroni.
+function M.pause_prefix(opts)
+  if opts.manager == "patroni" then return M.patroni_base(opts) .. "stolon-pgbouncer/pause/" end
+  return M.clusterdata_key(opts) .. "/pause/"
+end
+
+-- has_store_target(opts) -> true when opts name a cluster (--cluster-name, or the
+-- Patroni scope with --manager patroni): the pauser's store access is optional.
+function M.has_store_target(opts)
+  if opts.manager == "patroni" then return (opts.patroni_scope or "") ~= "" end
+  return (opts.cluster_name or "") ~= ""
+end
+
 -- connect_store(opts) -> etcd client | nil, err
 function M.connect_store(opts)
   if opts.store_backend ~= "etcdv3" then

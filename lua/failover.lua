@@ -96,10 +96,8 @@ function M.setup(opts)
     if aerr then error(aerr, 0) end
     self.patroni_auth = auth
   end
-  -- key: the clusterdata key, or Patroni's scope prefix; our own keys (the pause
-  -- lease) go under our_prefix.
+  -- key: the clusterdata key, or Patroni's scope prefix
   self.key = self.patroni and common.patroni_base(opts) or common.clusterdata_key(opts)
-  self.our_prefix = self.patroni and (self.key .. "stolon-pgbouncer/") or (self.key .. "/")
   local cd, kv = self:read_view()
   if not cd then error("failed to get clusterdata: " .. tostring(kv), 0) end
   self.initial = cd
@@ -463,7 +461,7 @@ function M:take_pause_lease()
   local ttl = self.opts.pause_lease_ttl
   if not ttl or ttl <= 0 then return nil end
   local victim = task.current()
-  local h, err = pause_lease.take { client = self.client, prefix = self.our_prefix .. "pause/", ttl = ttl,
+  local h, err = pause_lease.take { client = self.client, prefix = common.pause_prefix(self.opts), ttl = ttl,
     on_lost = function(why)
       if self.ctx.resuming then return end
       self.ctx.cancel_reason = "pause lease lost (" .. why .. "): the pausers resume by themselves"

@@ -234,8 +234,10 @@ describe("real Patroni", function()
 
   it("a switchover Patroni refuses (401: no credentials) resumes at once and moves nothing", function()
     assert(ready("n2", "n1"), "n1 did not rejoin as a sync replica: " .. patroni_log("n1"))
+    -- with store access under the scope: it follows each failover's pause lease
     pauser = D.start({ "pauser", "--bind-address", PROXY .. ":" .. PAUSER_PORT, "--pgbouncer-host", PROXY,
-      "--pgbouncer-port", tostring(BOUNCER_PORT), "--metrics-port", "0" })
+      "--pgbouncer-port", tostring(BOUNCER_PORT), "--metrics-port", "0", "--manager", "patroni",
+      "--patroni-scope", SCOPE, "--store-endpoints", endpoint })
     assert(D.eventually(10, function()
       local r = require("http").request { url = ("http://%s:%d/health"):format(PROXY, PAUSER_PORT), timeout = 2 }
       return r and r.status == 200
@@ -250,6 +252,9 @@ describe("real Patroni", function()
     assert.is_true(task.now() - t0 < 15, "the refusal was not acted on at once")
     assert.equals("n2", view().leader)
     assert.is_nil(err:find(AUTH.password, 1, true))
+    local watched = pauser:logs():match("[^\n]*event=pause_lease_watch[^\n]*")
+    assert.is_string(watched, "the pauser did not follow the pause lease: " .. pauser:logs())
+    assert.matches("key=" .. BASE .. "stolon-pgbouncer/pause/", watched, 1, true)
   end)
 
   it("failover --manager patroni switches under a write load with 0 failed transactions", function()
