@@ -271,8 +271,9 @@ describe("real Patroni", function()
     local stats = load.stop()
     assert.equals(0, code, (out or "") .. (err or ""))
     local s = require("cjson").decode((assert(fs.read(report))))
-    io.stderr:write(("\n  patroni failover: pause window %.1f ms (Patroni %.1f ms, ours %.1f ms); "
-      .. "%d transactions ok, %d failed\n"):format(s.pause_window_seconds * 1000, s.manager_seconds * 1000,
+    io.stderr:write(("\n  patroni failover: pause window %.1f ms (Patroni %.1f ms, of it %.1f ms until the "
+      .. "leader key left the old leader; ours %.1f ms); %d transactions ok, %d failed\n"):format(
+      s.pause_window_seconds * 1000, s.manager_seconds * 1000, (s.reaction_wait_seconds or 0) * 1000,
       s.ours_seconds * 1000, stats.ok, stats.failed))
     assert.equals(0, stats.failed, table.concat(stats.errors, "\n"))
     assert.is_true(stats.ok > 0)
