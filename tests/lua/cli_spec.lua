@@ -136,16 +136,25 @@ describe("command line", function()
     assert.is_true(task.now() - t0 < 10)
   end)
 
+  -- Into DESTDIR, as a package build does: everything lands under it (the units and
+  -- /etc's files included), nothing on this machine.
   it("make install: the installed binary finds its Lua files without environment variables", function()
     local dir = assert(os.getenv("SPGB_LUA_DIR"))
     local _, tmp = proc.run { "mktemp", "-d" }
-    local prefix = tmp:gsub("%s+$", "")
+    local dest = tmp:gsub("%s+$", "")
+    local prefix = dest .. "/usr/local"
     -- a plain build: not the variables of a `make asan` we may be running under (make
     -- passes them on through MAKEFLAGS and the environment)
-    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "PREFIX=" .. prefix,
+    local code, _, err = proc.run { "make", "-s", "-C", dir, "install", "DESTDIR=" .. dest,
       "BUILD=build", "CFLAGS=-O2 -g", "EXTRA_CFLAGS=", "EXTRA_LDFLAGS=", timeout = 120,
       env = { MAKEFLAGS = "", MFLAGS = "", MAKELEVEL = "", MAKEOVERRIDES = "" } }
     assert.equals(0, code, err)
+    local fs = require "fs"
+    for _, f in ipairs { "/etc/stolon-pgbouncer/supervise.env", "/usr/local/share/man/man1/stolon-pgbouncer.1",
+                         "/usr/local/lib/systemd/system/stolon-pgbouncer-pauser.service",
+                         "/usr/local/share/stolon-pgbouncer/policies/failover.lua" } do
+      assert.is_true(fs.exists(dest .. f), dest .. f .. " not installed")
+    end
     local installed = prefix .. "/bin/stolon-pgbouncer"
     local path = script("return require('stolon').FAKE_STANDBY == 'stolonfakestandby' and 0 or 9\n")
     code = proc.run { installed, "run", path, clear_env = true, env = { PATH = "/usr/bin:/bin" } }
@@ -155,7 +164,7 @@ describe("command line", function()
     assert.equals(0, code)
     assert.matches("--pause-expiry", out, 1, true)
     os.remove(path)
-    proc.run { "rm", "-rf", prefix }
+    proc.run { "rm", "-rf", dest }
   end)
 
   -- The binary carries lua/ and policies/: copied alone to an empty folder (another
