@@ -39,6 +39,17 @@ M.stolon_flags = {
     help = "Skip store server certificate validation" },
 }
 
+-- Which cluster manager the commands follow and drive (supervise, failover, status,
+-- with-lock): stolon (clusterdata under --store-prefix/--cluster-name) or patroni
+-- (its DCS keys under --patroni-namespace/--patroni-scope). The store flags are shared.
+M.manager_flags = {
+  { name = "manager", default = "stolon", help = "Cluster manager: stolon or patroni" },
+  { name = "patroni-scope", env = "PATRONI_SCOPE", default = "",
+    help = "Patroni's scope (cluster name), with --manager patroni" },
+  { name = "patroni-namespace", env = "PATRONI_NAMESPACE", default = "/service",
+    help = "Patroni's namespace in the store, with --manager patroni" },
+}
+
 M.pgbouncer_flags = {
   { name = "pgbouncer-user", default = "pgbouncer", help = "Admin user of PgBouncer" },
   { name = "pgbouncer-password", env = "PGBOUNCER_PASSWORD", default = "", help = "Password for admin user" },
@@ -85,12 +96,56 @@ function M.clusterdata_key(opts)
   return stolon.key(opts.store_prefix, opts.cluster_name)
 end
 
+-- model(opts) -> the manager's model module (lua/stolon.lua or lua/patroni.lua) |
+-- nil, err for an unknown --manager. Commands without the manager flags get stolon.
+function M.model(opts)
+  local name = opts.manager or "stolon"
+  if name ~= "stolon" and name ~= "patroni" then
+    return nil, ("--manager %q: want stolon or patroni"):format(name)
+  end
+  return (require(name))
+end
+
+-- patroni_base(opts) -> "/<namespace>/<scope>/", the prefix Patroni's keys sit under
+function M.patroni_base(opts)
+  return require("patroni").base(opts.patroni_namespace, opts.patroni_scope)
+end
+
+-- lock_name(opts) -> the failover lock's name in etcd, shared by failover and
+-- with-lock (and `etcdctl lock`): <clusterdata key>/failover for stolon, our own key
+-- under the scope for Patroni.
+function M.lock_name(opts)
+  if opts.manager == "patroni" then return require("patroni").lock_key(M.patroni_base(opts)) end
+  return M.clusterdata_key(opts) .. "/failover"
+end
+
+-- pause_prefix(opts) -> where a failover puts the key its pauses are tied to (one per
+-- failover, on its pause lease), which a pauser with store access accepts and
+-- watches: <clusterdata key>/pause/ for stolon, our own key under the scope for Patroni.
+function M.pause_prefix(opts)
+  if opts.manager == "patroni" then return M.patroni_base(opts) .. "stolon-pgbouncer/pause/" end
+  return M.clusterdata_key(opts) .. "/pause/"
+end
+
+-- has_store_target(opts) -> true when opts name a cluster (--cluster-name, or the
+-- Patroni scope with --manager patroni): the pauser's store access is optional.
+function M.has_store_target(opts)
+  if opts.manager == "patroni" then return (opts.patroni_scope or "") ~= "" end
+  return (opts.cluster_name or "") ~= ""
+end
+
 -- connect_store(opts) -> etcd client | nil, err
 function M.connect_store(opts)
   if opts.store_backend ~= "etcdv3" then
     return nil, ("unsupported store backend: %s (only etcdv3)"):format(opts.store_backend)
   end
-  if opts.cluster_name == "" then return nil, "--cluster-name (or $STOLONCTL_CLUSTER_NAME) is required" end
+  local _, merr = M.model(opts)
+  if merr then return nil, merr end
+  if opts.manager == "patroni" then
+    if opts.patroni_scope == "" then return nil, "--patroni-scope (or $PATRONI_SCOPE) is required" end
+  elseif opts.cluster_name == "" then
+    return nil, "--cluster-name (or $STOLONCTL_CLUSTER_NAME) is required"
+  end
   local function opt(v) if v ~= "" then return v end end
   return etcd.connect {
     endpoints = opts.store_endpoints,
@@ -301,6 +356,53 @@ function M.certificate_expiry(file)
   local t = os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = s }
   local utc = os.time(os.date("!*t", t))
   return t + (t - utc)
+end
+
+-- follow_prefix(client, prefix, opts, fn): call fn(snap) with every key under
+-- prefix now, and again after every change under it: snap = {kvs=, mod_revision=}
+-- (mod_revision: the store's revision of that read, so deliveries only grow, never
+-- twice for one). Each round is one read of the prefix (a change can touch several
+-- keys; a read sees them together), then a wait for the next event under it or for
+-- opts.poll_interval (the read after a quiet interval is the safety net). A broken
+-- watch is opened again from the last read. Returns when fn returns true; runs until
+-- cancelled otherwise (the watch is closed either way). Task only; yields.
+function M.follow_prefix(client, prefix, opts, fn)
+  local last, backoff = 0, 0.1
+  local poll = opts.poll_interval or 60
+  local held <close> = setmetatable({}, { __close = function(h) if h.w then h.w:close() end end })
+  while true do
+    local res, err = client:get(prefix, { prefix = true })
+    if not res then
+      log.warn { event = "store_get_failed", key = prefix, error = tostring(err) }
+      task.sleep(backoff)
+      backoff = math.min(backoff * 2, 5)
+    else
+      backoff = 0.1
+      if opts.on_read then opts.on_read() end
+      local rev = res.revision or 0
+      if rev > last then
+        last = rev
+        if fn { kvs = res.kvs or {}, mod_revision = rev } == true then return true end
+      end
+      if not held.w then
+        local werr
+        held.w, werr = client:watch(prefix, { prefix = true, start_revision = rev + 1 })
+        if not held.w then
+          log.warn { event = "store_watch_failed", key = prefix, error = tostring(werr) }
+          task.sleep(1)
+        end
+      end
+      if held.w then
+        local evs, e2, code = held.w:next(poll)
+        if not evs and code ~= "timeout" then
+          log.warn { event = "store_watch_interrupted", key = prefix, error = tostring(e2), code = tostring(code),
+            msg = "re-reading and watching again" }
+          held.w:close()
+          held.w = nil
+        end
+      end
+    end
+  end
 end
 
 -- follow(client, key, opts, fn): call fn(kv) for the current value of key and then

@@ -19,6 +19,7 @@ local fs = require "fs"
 local log = require "log"
 local pause_lease = require "pause_lease"
 local pauser_client = require "pauser_client"
+local patroni = require "patroni"
 local pipeline = require "pipeline"
 local proc = require "proc"
 local sentinel_clock = require "sentinel_clock"
@@ -28,7 +29,7 @@ local task = require "task"
 local M = {}
 M.__index = M
 
-M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_flags, {
+M.flags = common.spec(common.global_flags, common.stolon_flags, common.manager_flags, common.token_flags, {
   { name = "health-check-only", type = "bool", help = "Only run the health checks, don't failover" },
   { name = "dry-run", type = "bool", help = "Print the plan and run the checks; change nothing" },
   { name = "pauser-port", default = "8080", help = "Port on which the pauser APIs are listening" },
@@ -36,6 +37,15 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.token_fla
   { name = "pauser-ca-file", default = "", help = "CA bundle to verify HTTPS pausers" },
   { name = "extra-pauser", type = "list", default = "",
     help = "More pausers to pause (host:port, comma separated), e.g. on proxy nodes" },
+  { name = "node-pausers", type = "bool", default = "true",
+    help = "Pause a pauser on every database node (--no-node-pausers: only the --extra-pauser ones)" },
+  { name = "candidate", default = "",
+    help = "With --manager patroni: the member to switch over to (default: the first good replica)" },
+  { name = "patroni-ca-file", default = "", help = "CA bundle to verify Patroni's HTTPS REST API" },
+  { name = "patroni-auth-file", env = "PATRONI_AUTH_FILE", default = "",
+    help = "File holding user:password for Patroni's REST API (else $PATRONI_RESTAPI_USERNAME/_PASSWORD)" },
+  { name = "switchover-timeout", type = "duration", default = "30s",
+    help = "With --manager patroni: how long the POST /switchover request may take" },
   { name = "health-check-timeout", type = "duration", default = "2s", help = "Timeout for health checking pause clients" },
   { name = "cleanup-timeout", type = "duration", default = "10s", help = "Timeout for running deferred cleanup operations" },
   { name = "lock-timeout", type = "duration", default = "5s", help = "Timeout for acquiring failover lock" },
@@ -79,13 +89,23 @@ function M.setup(opts)
   local client, cerr = common.connect_store(opts)
   if not client then error(cerr, 0) end
   self.client = client
-  self.key = common.clusterdata_key(opts)
-  local cd, kv = common.read_clusterdata(client, self.key)
+  self.patroni = opts.manager == "patroni"
+  self.model = common.model(opts)
+  if self.patroni then
+    local auth, aerr = patroni.credentials(opts.patroni_auth_file, os.getenv)
+    if aerr then error(aerr, 0) end
+    self.patroni_auth = auth
+  end
+  -- key: the clusterdata key, or Patroni's scope prefix
+  self.key = self.patroni and common.patroni_base(opts) or common.clusterdata_key(opts)
+  local cd, kv = self:read_view()
   if not cd then error("failed to get clusterdata: " .. tostring(kv), 0) end
   self.initial = cd
   self.pausers = {}
-  for _, k in ipairs(cd:keepers()) do
-    self.pausers[#self.pausers + 1] = self:pauser(k.keeper, k.host, opts.pauser_port)
+  if opts.node_pausers ~= false then
+    for _, k in ipairs(self:nodes(cd)) do
+      self.pausers[#self.pausers + 1] = self:pauser(k.keeper, k.host, opts.pauser_port)
+    end
   end
   for _, addr in ipairs(opts.extra_pauser) do
     local h, p = addr:match("^%[?([^%]]+)%]?:(%d+)$")
@@ -94,7 +114,33 @@ function M.setup(opts)
     c.extra = true
     self.pausers[#self.pausers + 1] = c
   end
+  -- Patroni sites often run PgBouncer only on proxy hosts (--no-node-pausers
+  -- --extra-pauser ...): a failover that pauses nothing would only cause failures.
+  if #self.pausers == 0 and (self.patroni or opts.node_pausers == false) then
+    error("no pausers to pause: give --extra-pauser host:port (or let it find the nodes' pausers)", 0)
+  end
   return self
+end
+
+-- read_view() -> the cluster as the model sees it (stolon's clusterdata, or every
+-- Patroni key under the scope) | nil, err. Task only; yields.
+function M:read_view()
+  if not self.patroni then return common.read_clusterdata(self.client, self.key) end
+  local res, err = self.client:get(self.key, { prefix = true })
+  if not res then return nil, ("get %s: %s"):format(self.key, tostring(err)) end
+  if not res.kvs or #res.kvs == 0 then return nil, ("no Patroni keys under %s"):format(self.key) end
+  return patroni.decode(res.kvs, self.key)
+end
+
+-- nodes(view) -> {{keeper=, host=}, ...}: where the node pausers are: stolon's keepers,
+-- or Patroni's members (named by member, at their conn_url host).
+function M:nodes(view)
+  if not self.patroni then return view:keepers() end
+  local out = {}
+  for _, name in ipairs(view.names) do
+    out[#out + 1] = { keeper = name, host = view.members[name].host }
+  end
+  return out
 end
 
 function M:pauser(name, host, port)
@@ -161,13 +207,23 @@ end
 
 -- ---- the steps ------------------------------------------------------------------
 
+-- Patroni: a running leader and a candidate replica (running, in sync under
+-- synchronous_mode, no nofailover, lag within maximum_lag_on_failover), kept in
+-- ctx.candidate.
 function M:check_cluster_healthy()
   self.log.info { event = "check_cluster_healthy", msg = "checking health of cluster" }
-  local cd, err = common.read_clusterdata(self.client, self.key)
+  local cd, err = self:read_view()
   if not cd then return nil, err end
-  local ok, why = cd:check_healthy(1)
+  local ok, why = self.model.can_lose_primary(cd, self.opts.candidate)
   if not ok then return nil, why end
-  self.ctx.old_master = cd:master()
+  self.ctx.old_master = self.model.primary(cd)
+  if self.patroni then
+    self.ctx.candidate = ok
+    local aok, aerr = patroni.api_check(self.ctx.old_master, { timeout = self.opts.health_check_timeout,
+      ca_file = self.opts.patroni_ca_file ~= "" and self.opts.patroni_ca_file or nil })
+    if not aok then return nil, "Patroni REST API of the leader: " .. aerr end
+    self.log.info { event = "candidate", leader = self.ctx.old_master.name, candidate = ok.name }
+  end
   return true
 end
 
@@ -202,7 +258,7 @@ end
 
 function M:acquire_lock()
   self.log.info { event = "etcd_lock_acquire", msg = "acquiring failover lock in etcd" }
-  local h, err = self.client:lock(self.key .. "/failover", { timeout = self.opts.lock_timeout, ttl = self.opts.lock_ttl })
+  local h, err = self.client:lock(common.lock_name(self.opts), { timeout = self.opts.lock_timeout, ttl = self.opts.lock_ttl })
   if not h then return nil, "failed to acquire failover lock: " .. tostring(err) end
   self.ctx.lock = h
   return true
@@ -322,6 +378,7 @@ end
 -- inserted before "pause" runs before the moment is chosen, not after.
 function M:align_to_sentinel()
   local c = self.ctx
+  if self.patroni then return true end -- Patroni acts on the request at once: no tick to meet
   if not c.clock then
     c.align = { aligned = false, reason = self.opts.align_to_sentinel
       and "shorten_sleep_interval did not run: the sentinel's writes were not watched" or "--no-align-to-sentinel" }
@@ -404,7 +461,7 @@ function M:take_pause_lease()
   local ttl = self.opts.pause_lease_ttl
   if not ttl or ttl <= 0 then return nil end
   local victim = task.current()
-  local h, err = pause_lease.take { client = self.client, prefix = self.key .. "/pause/", ttl = ttl,
+  local h, err = pause_lease.take { client = self.client, prefix = common.pause_prefix(self.opts), ttl = ttl,
     on_lost = function(why)
       if self.ctx.resuming then return end
       self.ctx.cancel_reason = "pause lease lost (" .. why .. "): the pausers resume by themselves"
@@ -484,7 +541,84 @@ function M:remaining()
   return self.opts.pause_expiry - (task.now() - started) - 0.5
 end
 
+-- switchover (Patroni): ask the leader's REST API for the switch to the candidate
+-- the pre-flight chose, re-checked on what the DCS holds now. The POST runs in a
+-- task of its own: Patroni answers only once it sees the switch or gives up (503
+-- "status unknown" while demotion is slow), so wait_for_recovery watches the DCS
+-- meanwhile and trusts it, not the reply. A refusal (4xx) cancels the failover
+-- with Patroni's words, and its undos run.
+function M:switchover()
+  local view, err = self:read_view()
+  if not view then return nil, err end
+  local old = patroni.primary(view)
+  if not old or old.name ~= self.ctx.old_master.name then
+    return nil, "the leader changed since the pre-flight: " .. patroni.describe(old)
+  end
+  local cand, why = patroni.can_lose_primary(view, self.ctx.candidate.name)
+  if not cand then return nil, why end
+  self.ctx.old_master, self.ctx.candidate = old, cand
+  local victim = task.current()
+  local o = self.opts
+  self.ctx.failkeeper_at = task.now()
+  self.ctx.switch_request = task.named("switchover_request", function()
+    local status, body, code = patroni.request_switch(old, cand, {
+      timeout = o.switchover_timeout, ca_file = o.patroni_ca_file ~= "" and o.patroni_ca_file or nil,
+      auth = self.patroni_auth })
+    self.ctx.switch_reply = { status = status, body = body, code = code, at = task.now() }
+    local short = type(body) == "string" and body:sub(1, 200) or nil
+    self.log.info { event = "switchover_reply", status = tostring(status), body = short,
+      after = ("%.4f"):format(task.now() - self.ctx.failkeeper_at) }
+    if patroni.switch_refused(status, code) and not self.ctx.new_master and not self.ctx.resuming then
+      self.ctx.cancel_reason = status and ("Patroni refused the switchover: HTTP %d %s"):format(status, short or "")
+        or ("the switchover request did not reach Patroni: " .. tostring(body))
+      victim:cancel()
+    end
+  end)
+  self.log.info { event = "switchover_requested", leader = old.name, candidate = cand.name, api = old.api_url }
+  return true
+end
+
+-- wait_for_switch (Patroni): follow the scope's keys until the leader key names
+-- another member and that member runs as master/primary.
+function M:wait_for_switch()
+  local old = self.ctx.old_master
+  local logger = log.with { component = "failover", key = self.key }
+  logger.info { msg = "waiting for Patroni to report the new leader" }
+  local left = self:remaining()
+  if left <= 0 then return nil, "no time left before the pause expires" end
+  local found
+  local r = table.pack(task.timeout(left, function()
+    return common.follow_prefix(self.client, self.key, { poll_interval = 1 }, function(snap)
+      local view, err = patroni.decode(snap.kvs, self.key)
+      if not view then
+        logger.error { error = err, msg = "failed to parse Patroni's keys" }
+        return false
+      end
+      if not self.ctx.reacted_at and view.leader ~= old.name then
+        self.ctx.reacted_at, self.ctx.reaction = task.now(), view.leader and "leader_changed" or "no_leader"
+        logger.info { event = "manager_reacted", how = self.ctx.reaction, revision = snap.mod_revision,
+          after = ("%.4f"):format(self.ctx.reacted_at - self.ctx.failkeeper_at) }
+      end
+      local m, state, detail = patroni.switch_finished(view, old)
+      if m then
+        found = m
+        return true
+      end
+      logger.info { event = state, leader = tostring(view.leader), detail = detail }
+      return false
+    end)
+  end))
+  if not found then
+    return nil, r[1] == nil and "timed out waiting for the new leader" or "leader watch ended"
+  end
+  self.ctx.new_master = found
+  self.ctx.recovered_at = task.now()
+  logger.info { master = patroni.describe(found), msg = "new leader is running as primary" }
+  return true
+end
+
 function M:wait_for_recovery()
+  if self.patroni then return self:wait_for_switch() end
   local old = self.ctx.old_master
   local logger = log.with { component = "failover", key = self.key }
   logger.info { msg = "waiting for stolon to report master change" }
@@ -593,8 +727,8 @@ function M:summary(p, ok, err)
     total_seconds = p.report.total,
     pause_window_seconds = c.paused_at and c.resumed_at and (c.resumed_at - c.paused_at) or nil,
     manager_seconds = c.failkeeper_at and c.recovered_at and (c.recovered_at - c.failkeeper_at) or nil,
-    old_master = c.old_master and stolon.describe(c.old_master) or nil,
-    new_master = c.new_master and stolon.describe(c.new_master) or nil,
+    old_master = c.old_master and self.model.describe(c.old_master) or nil,
+    new_master = c.new_master and self.model.describe(c.new_master) or nil,
     new_master_host = c.new_master and c.new_master.host or nil,
     steps = p.report.steps,
     paused_at = c.paused_at, pause_done_at = c.pause_done_at, resumed_at = c.resumed_at,
@@ -645,8 +779,8 @@ function M:plan(p)
     lines[#lines + 1] = ("  %d. %s%s"):format(i, s.name, s.defer and ("  (undo: " .. s.defer.name .. ")") or "")
   end
   for _, c in ipairs(self.pausers) do lines[#lines + 1] = "  pauser " .. c.name .. " at " .. c.base end
-  local m = self.initial:master()
-  lines[#lines + 1] = "  current master: " .. stolon.describe(m)
+  local m = self.model.primary(self.initial)
+  lines[#lines + 1] = "  current master: " .. self.model.describe(m)
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -685,6 +819,8 @@ function M:run(p)
   end
   local _, ok, err = h:wait()
   for _, s in ipairs(signals) do s:stop() end
+  -- Patroni's reply to a switchover that is over changes nothing: stop waiting for it
+  if self.ctx.switch_request then self.ctx.switch_request:cancel() end
   self:summary(p, ok, err)
   if not ok then
     self.log.error { error = tostring(err), msg = "exiting with error" }

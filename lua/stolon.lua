@@ -248,6 +248,36 @@ function M.with_force_fail(raw, keeper)
   return jsonedit.set(raw, { "keepers", keeper, "status", "forceFail" }, "true")
 end
 
+-- ---- the manager interface ---------------------------------------------------------
+-- The four questions the policies ask a cluster manager's model (docs/architecture.md
+-- "Managers"; lua/patroni.lua answers the same four). Each is the stolon rule above,
+-- renamed: stolon behaviour does not change.
+M.NAME = "stolon"
+
+-- primary(cd) -> master view | nil, why: where the primary is.
+function M.primary(cd)
+  local m = M.master(cd)
+  if not m then return nil, "no_master", "no master in clusterdata" end
+  return m
+end
+
+-- can_lose_primary(cd) -> true | nil, why: check_healthy(cd, 1). Stolon's sentinel
+-- chooses the new master itself, so there is no candidate to return.
+function M.can_lose_primary(cd)
+  return M.check_healthy(cd, 1)
+end
+
+-- request_switch(old, _, opts) -> revision | nil, err: forceFail on old's keeper
+-- through opts.cas(what, edit), the failover's compare-and-swap. Task only; yields.
+function M.request_switch(old, _, opts)
+  return opts.cas("failkeeper", function(raw) return M.with_force_fail(raw, old.keeper) end)
+end
+
+-- switch_finished(cd, old) -> master view | nil, state, detail: recovered(cd, old.keeper).
+function M.switch_finished(cd, old)
+  return M.recovered(cd, old.keeper)
+end
+
 function M.describe(d)
   if not d then return "none" end
   return ("%s (%s)"):format(d.keeper or "?", d.host or "?")

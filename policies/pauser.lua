@@ -33,7 +33,8 @@ local log = require "log"
 local secure = require "secure"
 local task = require "task"
 
-local spec = common.spec(common.global_flags, common.stolon_flags, common.pgbouncer_flags, common.token_flags, {
+local spec = common.spec(common.global_flags, common.stolon_flags, common.manager_flags, common.pgbouncer_flags,
+  common.token_flags, {
   { name = "bind-address", default = ":8080", help = "Listen address for the pauser API (host:port)" },
   { name = "tls-cert-file", default = "", help = "Serve HTTPS with this certificate" },
   { name = "tls-key-file", default = "", help = "Private key for --tls-cert-file" },
@@ -67,17 +68,18 @@ if not loopback and token == "" and not opts.insecure_no_token then
   return 1
 end
 
--- Store access is optional: with a cluster name the pauser can watch the lease keys
--- of the failovers that pause it, under <clusterdata key>/pause/ only.
+-- Store access is optional: with a cluster name (or, with --manager patroni, the
+-- scope) the pauser can watch the lease keys of the failovers that pause it, under
+-- common.pause_prefix only.
 local store, lease_prefix
-if opts.cluster_name ~= "" then
+if common.has_store_target(opts) then
   local serr
   store, serr = common.connect_store(opts)
   if not store then
     L.error { event = "store_invalid", error = tostring(serr) }
     return 1
   end
-  lease_prefix = common.clusterdata_key(opts) .. "/pause/"
+  lease_prefix = common.pause_prefix(opts)
 end
 
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)

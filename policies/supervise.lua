@@ -1,4 +1,5 @@
--- supervise: keep a PgBouncer pointed at the current stolon primary.
+-- supervise: keep a PgBouncer pointed at the current primary (stolon's, or with
+-- --manager patroni, Patroni's: the leader key's member running as master/primary).
 --
 -- Waits for a primary, renders the config template with its address, starts
 -- PgBouncer, and from then on re-renders and RELOADs only when the primary's address
@@ -18,7 +19,7 @@ local proc = require "proc"
 local task = require "task"
 local template = require "template"
 
-local spec = common.spec(common.global_flags, common.stolon_flags, common.pgbouncer_flags, {
+local spec = common.spec(common.global_flags, common.stolon_flags, common.manager_flags, common.pgbouncer_flags, {
   { name = "poll-interval", type = "duration", default = "1m", help = "Store poll interval (safety net; we also watch)" },
   { name = "pgbouncer-timeout", type = "duration", default = "5s", help = "Timeout for PgBouncer operations" },
   { name = "pgbouncer-retry-timeout", type = "duration", default = "5s",
@@ -54,7 +55,8 @@ if opts.child_process then
   opts.pgbouncer_binary = path
 end
 
-m.cluster_identifier:set(1, { cluster_name = opts.cluster_name })
+local PATRONI = opts.manager == "patroni"
+m.cluster_identifier:set(1, { cluster_name = PATRONI and opts.patroni_scope or opts.cluster_name })
 m.store_poll_interval:set(opts.poll_interval)
 -- Alert before the store client certificate expires (stolon-pgbouncer#128).
 if opts.store_cert_file and opts.store_cert_file ~= "" then
@@ -115,9 +117,11 @@ if not client then
   L.error { event = "store_connect_failed", error = cerr }
   return 1
 end
-local key = common.clusterdata_key(opts)
+-- stolon: the clusterdata key; Patroni: the scope's prefix, every key under it.
+local key = PATRONI and common.patroni_base(opts) or common.clusterdata_key(opts)
 local admin = common.pgbouncer_admin(opts, opts.pgbouncer_timeout)
 local stolon = require "stolon"
+local patroni = require "patroni"
 
 local state = {
   latest = nil,         -- newest kv seen
@@ -130,12 +134,21 @@ local state = {
   stopping = false,
 }
 
--- Render and write the config for master m. Returns true, or nil, err (old config kept).
-local function write_config(master, cd)
-  local ctx = {
+-- template_fields(master, cd) -> the template's fields: stolon's (Host, Port,
+-- Keeper, DbUID, ClusterName, MasterDbUID) or Patroni's (Host, Port, Member, Scope).
+local function template_fields(master, cd)
+  if PATRONI then
+    return { Host = master.host, Port = master.port or "", Member = master.name, Scope = opts.patroni_scope }
+  end
+  return {
     Host = master.host, Port = master.port or "", Keeper = master.keeper or "", DbUID = master.uid,
     ClusterName = opts.cluster_name, MasterDbUID = cd:master_uid() or "",
   }
+end
+
+-- Render and write the config for master m. Returns true, or nil, err (old config kept).
+local function write_config(master, cd)
+  local ctx = template_fields(master, cd)
   local text, err = render_config(ctx)
   if not text then return nil, err end
   local _, werr = fs.write_atomic(opts.pgbouncer_config_file, text)
@@ -274,21 +287,30 @@ local function keep_pgbouncer()
   end
 end
 
--- Act on the newest clusterdata: called by the single worker task.
+-- decode(kv) -> the cluster view | nil, err: clusterdata (kv.value) or, for Patroni,
+-- the scope's keys (kv.kvs, follow_prefix's snapshot).
+local function decode(kv)
+  if PATRONI then return patroni.decode(kv.kvs, key) end
+  return stolon.decode(kv.value, key)
+end
+
+-- Act on the newest clusterdata (Patroni: the newest read of the scope's keys):
+-- called by the single worker task.
 local function apply(kv)
-  local cd, err = stolon.decode(kv.value, key)
+  local cd, err = decode(kv)
   if not cd then
     m.clusterdata_errors:inc(1, { reason = "malformed" })
     L.error { event = "clusterdata_invalid", key = key, revision = kv.mod_revision, error = err,
       msg = "keeping the current PgBouncer config" }
     return true
   end
-  local master = cd:master()
+  local master, why = cd:primary()
   if not master or not master.host then
     m.clusterdata_errors:inc(1, { reason = "no_master" })
-    L.info { event = "clusterdata_no_master", msg = "no master found, not reloading PgBouncer" }
+    L.info { event = "clusterdata_no_master", reason = why, msg = "no master found, not reloading PgBouncer" }
     return true
   end
+  master.keeper = master.keeper or master.name -- Patroni's member name labels what stolon's keeper does
   local addr = master.host .. ":" .. tostring(master.port)
   if addr == state.applied_host then return true end
   m.last_keeper_seconds:set(common.unix_now(), { keeper = master.keeper })
@@ -344,7 +366,8 @@ local function worker()
 end
 
 local function watcher()
-  common.follow(client, key, {
+  local follow = PATRONI and common.follow_prefix or common.follow
+  follow(client, key, {
     poll_interval = opts.poll_interval,
     on_read = function() m.store_last_update_seconds:set(common.unix_now()) end,
   }, function(kv)

@@ -13,7 +13,7 @@ local log = require "log"
 local proc = require "proc"
 local task = require "task"
 
-local spec = common.spec(common.global_flags, common.stolon_flags, {
+local spec = common.spec(common.global_flags, common.stolon_flags, common.manager_flags, {
   { name = "lock-timeout", type = "duration", default = "5s", help = "Timeout for acquiring failover lock" },
   { name = "lock-ttl", type = "duration", default = "15s", help = "Lease of the lock if we are killed" },
 })
@@ -31,7 +31,7 @@ if not client then
   L.error { event = "store_connect_failed", error = cerr }
   return 1
 end
-local name = common.clusterdata_key(opts) .. "/failover"
+local name = common.lock_name(opts)
 local lock, lerr, code = client:lock(name, { timeout = opts.lock_timeout, ttl = opts.lock_ttl })
 if not lock then
   L.error { event = "lock_failed", lock = name, error = tostring(lerr) }

@@ -6,7 +6,7 @@ set -eu
 PKGS="build-essential pkg-config git ca-certificates
 liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libpq-dev libmicrohttpd-dev libedit-dev
 libcmocka-dev lua-busted lua-cjson lua-check
-etcd-server etcd-client postgresql postgresql-contrib pgbouncer
+etcd-server etcd-client postgresql postgresql-contrib pgbouncer patroni
 curl openssl valgrind clang libclang-rt-14-dev wrk prometheus procps iproute2
 debhelper dpkg-dev fakeroot lintian help2man man-db systemd"
 missing=""

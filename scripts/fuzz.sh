@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SECS=${1:-60}
 [ $# -gt 0 ] && shift
-TARGETS=${*:-"template http clusterdata etcd flags"}
+TARGETS=${*:-"template http clusterdata etcd flags patroni"}
 B=${FUZZ_BUILD:-build-fuzz}
 FCC=${CC:-clang}
 case $FCC in cc | gcc | */gcc) FCC=clang ;; esac
