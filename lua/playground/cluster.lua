@@ -32,6 +32,7 @@ M.defaults = {
   cluster_name = "demo",
   hosts = { "127.0.0.11", "127.0.0.12", "127.0.0.13" },
   proxy_host = "127.0.0.20",
+  etcd_host = "127.0.0.1",
   etcd_port = 12379,
   pg_port = 15432,
   bouncer_port = 16432,
@@ -92,8 +93,17 @@ function M.bouncer_template(t)
   return table.concat(lines, "\n")
 end
 
+-- The playground's methods: playground.patroni's cluster inherits them and replaces
+-- what differs (the nodes, the manager's flags).
 local Cluster = {}
 Cluster.__index = Cluster
+M.Cluster = Cluster
+
+-- write(path, text) -> true | nil, err: a file the servers' user may read (0640,
+-- chowned to postgres when we are root).
+function Cluster:write(path, text)
+  return write(path, text, self.root)
+end
 
 -- Spawn one of our commands as a daemon, logging to a file in its folder.
 -- As root they run as the postgres user, from a copy of the binary it can read.
@@ -115,16 +125,23 @@ function Cluster:daemon(name, args, dir)
   return p
 end
 
+-- The flags that name the cluster to our commands (stolon: --cluster-name).
+function Cluster:manager_args()
+  return { "--cluster-name", self.o.cluster_name }
+end
+
 function Cluster:store_args()
-  return { "--cluster-name", self.o.cluster_name, "--store-endpoints", self.etcd_endpoint, "--metrics-port", "0" }
+  local argv = self:manager_args()
+  for _, a in ipairs { "--store-endpoints", self.etcd_endpoint, "--metrics-port", "0" } do argv[#argv + 1] = a end
+  return argv
 end
 
 function Cluster:start_etcd()
   local o = self.o
   local dir = self.base .. "/etcd"
   fs.mkdir_p(dir, "0700")
-  self.etcd_endpoint = ("http://127.0.0.1:%d"):format(o.etcd_port)
-  local peer = ("http://127.0.0.1:%d"):format(o.etcd_port + 1)
+  self.etcd_endpoint = ("http://%s:%d"):format(o.etcd_host, o.etcd_port)
+  local peer = ("http://%s:%d"):format(o.etcd_host, o.etcd_port + 1)
   local p, err = proc.spawn {
     "etcd", "--name", "playground", "--data-dir", dir .. "/data",
     "--listen-client-urls", self.etcd_endpoint, "--advertise-client-urls", self.etcd_endpoint,
@@ -197,31 +214,45 @@ end
 function Cluster:start_pauser(name, host, bouncer)
   local o = self.o
   local argv = { "pauser", "--bind-address", ("%s:%d"):format(host, o.pauser_port),
-    "--pgbouncer-socket-dir", bouncer.dir, "--pgbouncer-port", tostring(o.bouncer_port), "--metrics-port", "0",
-    "--cluster-name", o.cluster_name, "--store-endpoints", self.etcd_endpoint }
+    "--pgbouncer-socket-dir", bouncer.dir, "--pgbouncer-port", tostring(o.bouncer_port), "--metrics-port", "0" }
+  for _, a in ipairs(self:manager_args()) do argv[#argv + 1] = a end
+  argv[#argv + 1] = "--store-endpoints"
+  argv[#argv + 1] = self.etcd_endpoint
   return self:daemon(name .. "-pauser", argv, bouncer.dir)
 end
 
+-- Layout (a), the default: a PgBouncer and a pauser on every node, and the proxy
+-- PgBouncer in front of the primary node's PgBouncer. Layout (b) (o.layout = "b"):
+-- no PgBouncer on the nodes; the proxy points straight at the primary. With
+-- o.direct_host, layout (a) gains a second proxy, "direct", that points straight at
+-- the primary as in (b), so one cluster can show both. Every proxy has a pauser.
 function Cluster:start_bouncers()
   local o = self.o
   self.bouncers = {}
-  for i, n in ipairs(self.nodes) do
-    local b, err = self:start_bouncer(n.name, n.host)
-    if not b then return nil, err end
-    self.bouncers[i] = b
-    local ok, perr = self:start_pauser(n.name, n.host, b)
-    if not ok then return nil, perr end
+  local hosts = {}
+  if o.layout ~= "b" then
+    for i, n in ipairs(self.nodes) do
+      local b, err = self:start_bouncer(n.name, n.host)
+      if not b then return nil, err end
+      self.bouncers[i] = b
+      local ok, perr = self:start_pauser(n.name, n.host, b)
+      if not ok then return nil, perr end
+      hosts[#hosts + 1] = n.host
+    end
   end
-  local pb, err = self:start_bouncer("proxy", o.proxy_host, o.bouncer_port)
-  if not pb then return nil, err end
-  self.proxy = pb
-  -- the proxy's PgBouncer is paused too (first, and resumed last: see lua/failover.lua)
-  local pp, pperr = self:start_pauser("proxy", o.proxy_host, pb)
-  if not pp then return nil, pperr end
+  local proxies = { { "proxy", o.proxy_host, o.layout ~= "b" and o.bouncer_port or nil } }
+  if o.direct_host and o.layout ~= "b" then proxies[2] = { "direct", o.direct_host } end
+  for _, px in ipairs(proxies) do
+    local pb, err = self:start_bouncer(px[1], px[2], px[3])
+    if not pb then return nil, err end
+    self[px[1]] = pb
+    -- the proxies' PgBouncers are paused too (first, and resumed last: see lua/failover.lua)
+    local pp, pperr = self:start_pauser(px[1], px[2], pb)
+    if not pp then return nil, pperr end
+    hosts[#hosts + 1] = px[2]
+  end
   self.app_conninfo = ("host=%s port=%d dbname=app user=app connect_timeout=5"):format(o.proxy_host, o.bouncer_port)
   local ok, werr = wait_for("pausers", 30, function()
-    local hosts = { o.proxy_host }
-    for _, n in ipairs(self.nodes) do hosts[#hosts + 1] = n.host end
     for _, h in ipairs(hosts) do
       local r = http.request { url = ("http://%s:%d/health"):format(h, o.pauser_port), timeout = 1,
         headers = { Authorization = o.token } }
@@ -239,12 +270,21 @@ function Cluster:start_bouncers()
   end)
 end
 
--- failover_args() -> argv (after the binary) for `stolon-pgbouncer failover` here.
-function Cluster:failover_args(extra)
+-- failover_args(extra [, {layout = "b"}]) -> argv (after the binary) for
+-- `stolon-pgbouncer failover` here: every pauser of the playground's layout, or with
+-- layout "b" on a layout (a) playground only the "direct" proxy's
+-- (--no-node-pausers).
+function Cluster:failover_args(extra, how)
   local o = self.o
   local argv = { "failover", "--pauser-port", tostring(o.pauser_port), "--pause-expiry", "25s",
-    "--extra-pauser", ("%s:%d"):format(o.proxy_host, o.pauser_port),
     "--write-probe", ("host={{.Host}} port={{.Port}} dbname=app user=app connect_timeout=2") }
+  local b = o.layout == "b" or (how and how.layout == "b")
+  local proxies = (o.layout == "b" or not b) and { o.proxy_host } or { o.direct_host }
+  if b then argv[#argv + 1] = "--no-node-pausers" end
+  for _, h in ipairs(proxies) do
+    argv[#argv + 1] = "--extra-pauser"
+    argv[#argv + 1] = ("%s:%d"):format(h, o.pauser_port)
+  end
   for _, a in ipairs(self:store_args()) do argv[#argv + 1] = a end
   for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
   return argv
@@ -276,17 +316,42 @@ function Cluster:pids()
     if pid then out[#out + 1] = { pid = pid, what = what } end
   end
   if self.etcd_proc and self.etcd_proc:running() then add(self.etcd_proc:pid(), "etcd") end
-  for _, n in ipairs(self.nodes or {}) do add(pgnode.pid(n), "postgres " .. n.name) end
+  for _, n in ipairs(self.nodes or {}) do self:node_pids(n, add) end
   for _, d in ipairs(self.daemons) do
     if d.p:running() then add(d.p:pid(), d.name) end
   end
-  local bouncers = { self.proxy }
-  for _, b in ipairs(self.bouncers or {}) do bouncers[#bouncers + 1] = b end
-  for _, b in ipairs(bouncers) do
+  for _, b in ipairs(self:all_bouncers()) do
     local text = fs.read(b.dir .. "/pgbouncer.pid")
     add(text and tonumber(text:match("%d+")), "pgbouncer " .. b.dir:match("[^/]+$"))
   end
   return out
+end
+
+-- manager_opts() -> the options our commands parse from manager_args() (for
+-- lua/common.lua's functions); lock_key() -> the failover lock's key, as failover and
+-- with-lock take it.
+function Cluster:manager_opts()
+  return { manager = "stolon", store_prefix = "stolon/cluster", cluster_name = self.o.cluster_name }
+end
+
+function Cluster:lock_key()
+  return require("common").lock_name(self:manager_opts())
+end
+
+-- Every PgBouncer the playground runs (the proxies first).
+function Cluster:all_bouncers()
+  local all = { self.proxy, self.direct }
+  for _, b in ipairs(self.bouncers or {}) do all[#all + 1] = b end
+  return all
+end
+
+-- node_pids(node, add): add(pid, what) for the processes that run node.
+function Cluster.node_pids(_, n, add)
+  add(pgnode.pid(n), "postgres " .. n.name)
+end
+
+function Cluster:stop_nodes()
+  for _, n in ipairs(self.nodes or {}) do pgnode.stop(n, "immediate") end
 end
 
 function Cluster:stop()
@@ -304,13 +369,11 @@ function Cluster:stop()
   end
   if self.sentinel then self.sentinel:cancel() end
   -- the PgBouncers supervise started: supervise stops them on TERM; make sure
-  local all = { self.proxy }
-  for _, b in ipairs(self.bouncers or {}) do all[#all + 1] = b end
-  for _, b in ipairs(all) do
+  for _, b in ipairs(self:all_bouncers()) do
     local pid = fs.read(b.dir .. "/pgbouncer.pid")
     if pid then proc.run { "kill", "-KILL", pid:match("%d+") } end
   end
-  for _, n in ipairs(self.nodes or {}) do pgnode.stop(n, "immediate") end
+  self:stop_nodes()
   if self.etcd_proc then
     self.etcd_proc:signal("TERM")
     if not self.etcd_proc:wait(10) then self.etcd_proc:signal("KILL") self.etcd_proc:wait(5) end
@@ -321,10 +384,14 @@ end
 -- Every address:port the playground listens on must be free: PgBouncer only warns
 -- when it cannot bind and then serves on its socket alone.
 local function check_ports(o)
-  local want = { ("127.0.0.1:%d"):format(o.etcd_port), ("127.0.0.1:%d"):format(o.etcd_port + 1),
-    ("%s:%d"):format(o.proxy_host, o.bouncer_port), ("%s:%d"):format(o.proxy_host, o.pauser_port) }
+  local want = { ("%s:%d"):format(o.etcd_host, o.etcd_port), ("%s:%d"):format(o.etcd_host, o.etcd_port + 1) }
+  for _, h in ipairs { o.proxy_host, o.direct_host } do
+    for _, port in ipairs { o.bouncer_port, o.pauser_port } do want[#want + 1] = ("%s:%d"):format(h, port) end
+  end
   for _, h in ipairs(o.hosts) do
-    for _, port in ipairs { o.pg_port, o.bouncer_port, o.pauser_port } do want[#want + 1] = ("%s:%d"):format(h, port) end
+    for _, port in ipairs { o.pg_port, o.bouncer_port, o.pauser_port, o.api_port } do
+      want[#want + 1] = ("%s:%d"):format(h, port)
+    end
   end
   local code, out = proc.run { "ss", "-Hltn" }
   if code ~= 0 then return true end
@@ -336,24 +403,21 @@ local function check_ports(o)
   return true
 end
 
--- boot(options) -> cluster | nil, err (and everything started so far is stopped)
-function M.boot(o)
+-- boot_as(class, defaults, steps, options) -> cluster | nil, err: the boot of every
+-- playground. Merges options over defaults, checks the ports, makes the folder and
+-- the token file, runs steps ({{name, method}, ...}) in order, and stops everything
+-- started so far when one fails (printing the daemons' logs).
+function M.boot_as(class, defaults, steps, o)
   local opts = {}
-  for k, v in pairs(M.defaults) do opts[k] = v end
+  for k, v in pairs(defaults) do opts[k] = v end
   for k, v in pairs(o or {}) do opts[k] = v end
   local free, perr = check_ports(opts)
   if not free then return nil, perr end
-  local self = setmetatable({ o = opts, daemons = {}, root = is_root() }, Cluster)
-  local base, err = pgnode.tmpdir("spgb-playground")
+  local self = setmetatable({ o = opts, daemons = {}, root = is_root() }, class)
+  local base, err = pgnode.tmpdir(opts.folder_prefix or "spgb-playground")
   if not base then return nil, err end
   self.base = base
   assert(write(base .. "/token", opts.token .. "\n", self.root))
-  local steps = {
-    { "etcd", Cluster.start_etcd },
-    { "postgres", Cluster.start_nodes },
-    { "sentinel", Cluster.start_sentinel },
-    { "pgbouncers", Cluster.start_bouncers },
-  }
   for _, s in ipairs(steps) do
     local t0 = task.now()
     local ok, serr = s[2](self)
@@ -369,6 +433,16 @@ function M.boot(o)
     log.info { event = "playground_ready", step = s[1], seconds = ("%.2f"):format(task.now() - t0) }
   end
   return self
+end
+
+-- boot(options) -> cluster | nil, err (and everything started so far is stopped)
+function M.boot(o)
+  return M.boot_as(Cluster, M.defaults, {
+    { "etcd", Cluster.start_etcd },
+    { "postgres", Cluster.start_nodes },
+    { "sentinel", Cluster.start_sentinel },
+    { "pgbouncers", Cluster.start_bouncers },
+  }, o)
 end
 
 return M

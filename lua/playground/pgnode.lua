@@ -291,7 +291,8 @@ function M.pid(node) return node.proc and node.proc:running() and node.proc:pid(
 -- Creating nodes.
 ---------------------------------------------------------------------------------------
 
--- Create the application's role, database and the load generator's table.
+-- Create the application's role, database and the load generator's table on a
+-- primary: true | nil, err (playground.patroni calls it once Patroni's leader runs).
 local function create_app_objects(node)
   local u, d, t = M.APP_USER, M.APP_DB, M.LOAD_TABLE
   local ok, err = M.query(node, string.format(
@@ -313,6 +314,7 @@ local function create_app_objects(node)
   if not ok then return nil, err end
   return true
 end
+M.create_app_objects = create_app_objects
 
 -- M.init_primary{name=, host=, port=5432, dir=base folder, settings={{k, v}, ...}}
 -- -> node | nil, err. initdb, replication-ready settings, trust on 127.0.0.0/8,

@@ -35,52 +35,15 @@ describe("real Patroni", function()
     if P.is_root() then proc.run { "chown", "postgres:postgres", path } end
   end
 
+  -- the playground's Patroni configuration (lua/playground/patroni.lua), on this spec's addresses
   local function patroni_yaml(name)
     local host = NODES[name]
     local sock = dir .. "/" .. name .. ".sock"
     proc.run { "mkdir", "-p", sock }
     if P.is_root() then proc.run { "chown", "postgres:postgres", sock } end
-    return table.concat({
-      "scope: " .. SCOPE,
-      "namespace: /service",
-      "name: " .. name,
-      "log: {level: INFO}",
-      "restapi:",
-      ("  listen: %s:%d"):format(host, API_PORT[name]),
-      ("  connect_address: %s:%d"):format(host, API_PORT[name]),
-      "  authentication: {username: " .. AUTH.user .. ", password: " .. AUTH.password .. "}",
-      "etcd3:",
-      ("  hosts: %s:%d"):format(ETCD_HOST, ETCD_PORT + 2),
-      "bootstrap:",
-      "  dcs:",
-      "    ttl: 10",
-      "    loop_wait: 1",
-      "    retry_timeout: 4",
-      "    maximum_lag_on_failover: 1048576",
-      "    synchronous_mode: true",
-      "    postgresql:",
-      "      use_pg_rewind: true",
-      "      use_slots: true",
-      "      parameters: {wal_level: replica, hot_standby: 'on', max_wal_senders: 10, max_replication_slots: 10,"
-        .. " wal_log_hints: 'on'}",
-      "  initdb: [{encoding: UTF8}, {locale: C}]",
-      "  pg_hba:",
-      "  - host replication replicator 127.0.0.0/8 trust",
-      "  - host all all 127.0.0.0/8 trust",
-      "  - local all all trust",
-      "postgresql:",
-      ("  listen: %s:%d"):format(host, PG_PORT),
-      ("  connect_address: %s:%d"):format(host, PG_PORT),
-      "  data_dir: " .. dir .. "/" .. name,
-      "  bin_dir: " .. P.bindir,
-      "  pgpass: " .. dir .. "/" .. name .. ".pgpass",
-      "  authentication:",
-      "    replication: {username: replicator, password: rep}",
-      "    superuser: {username: postgres, password: pg}",
-      "    rewind: {username: rewind, password: rw}",
-      "  parameters: {unix_socket_directories: '" .. sock .. "'}",
-      "",
-    }, "\n")
+    return require("playground.patroni").config { scope = SCOPE, name = name, host = host, pg_port = PG_PORT,
+      api_port = API_PORT[name], etcd = ("%s:%d"):format(ETCD_HOST, ETCD_PORT + 2), data_dir = dir .. "/" .. name,
+      sock = sock, pgpass = dir .. "/" .. name .. ".pgpass", auth = AUTH }
   end
 
   local function start_member(name)
