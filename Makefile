@@ -192,8 +192,10 @@ deb:
 deb-check:
 	$(Q)./scripts/deb.sh check
 
+# MANAGER=patroni: the same demo on real Patroni (lua/playground/patroni.lua).
+MANAGER ?= stolon
 demo: deps all
-	$(Q)./$(BIN) run examples/demo.lua
+	$(Q)./$(BIN) run examples/demo.lua --manager $(MANAGER)
 
 # libFuzzer targets (fuzz/): each for FUZZ_SECONDS; CI runs the short smoke.
 FUZZ_SECONDS ?= 60

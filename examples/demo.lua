@@ -3,8 +3,10 @@
 -- print what the applications saw. Everything is torn down at the end, also on
 -- Ctrl-C. Options: demo.lua [--clients N] [--keep] [--sleep-interval 2s]
 --                           [--failover-sleep-interval 1s] [--json FILE]
+--                           [--manager stolon|patroni [--layout a|b] [--https]]
+-- --manager patroni boots lua/playground/patroni.lua (real Patroni) instead of the
+-- stand-in sentinel's playground; the report is the same.
 local cjson = require "cjson"
-local cluster = require "playground.cluster"
 local flags = require "flags"
 local fs = require "fs"
 local load = require "playground.load"
@@ -21,6 +23,9 @@ local opts = flags.parse_or_exit({
   { name = "keep", type = "bool", help = "Leave the playground's folder behind (logs)" },
   { name = "json", default = "", help = "Write the report as JSON to this file" },
   { name = "verbose", type = "bool", help = "Show the playground's own logs (the stand-in sentinel's)" },
+  { name = "manager", default = "stolon", help = "stolon (the stand-in sentinel) or patroni (real Patroni)" },
+  { name = "layout", default = "a", help = "With --manager patroni: a (PgBouncer and pauser per node) or b (proxy only)" },
+  { name = "https", type = "bool", help = "With --manager patroni: Patroni's REST API over HTTPS (a playground CA)" },
 }, arg, { command = "run examples/demo.lua", description = "Failover under load on a local playground" })
 
 -- The report is the output; the stand-in sentinel's logfmt lines only with --verbose
@@ -44,13 +49,37 @@ local function server_addr(conninfo)
   return rows and rows[1] and rows[1].addr
 end
 
+if opts.manager ~= "stolon" and opts.manager ~= "patroni" then
+  io.stderr:write(("demo: --manager %q: want stolon or patroni\n"):format(opts.manager))
+  os.exit(2)
+end
+if opts.layout ~= "a" and opts.layout ~= "b" then
+  io.stderr:write(("demo: --layout %q: want a or b\n"):format(opts.layout))
+  os.exit(2)
+end
+local patroni = opts.manager == "patroni"
+
+-- boot() -> playground, the failover's extra flags | nil, err
+local function boot()
+  if not patroni then
+    say("booting the playground: etcd, 3 PostgreSQL nodes (primary, sync and async standby), "
+      .. "a PgBouncer + pauser per node, a proxy PgBouncer, the stand-in sentinel ...")
+    local pl, err = require("playground.cluster").boot { sleep_interval = opts.sleep_interval, keep = opts.keep }
+    return pl, pl and { "--failover-sleep-interval", opts.failover_sleep_interval } or err
+  end
+  say("booting the playground: etcd, 3 PostgreSQL nodes each run by Patroni (synchronous_mode, REST API with "
+    .. "basic auth%s), %s ...", opts.https and " over HTTPS" or "",
+    opts.layout == "b" and "a proxy PgBouncer + pauser pointing straight at the primary"
+      or "a PgBouncer + pauser per node, a proxy PgBouncer")
+  local pl, err = require("playground.patroni").boot { keep = opts.keep, layout = opts.layout, https = opts.https }
+  return pl, pl and {} or err
+end
+
 local c
 local function demo()
   local t0 = task.now()
-  say("booting the playground: etcd, 3 PostgreSQL nodes (primary, sync and async standby), "
-    .. "a PgBouncer + pauser per node, a proxy PgBouncer, the stand-in sentinel ...")
   local err
-  c, err = cluster.boot { sleep_interval = opts.sleep_interval, keep = opts.keep }
+  c, err = boot()
   if not c then error("playground: " .. tostring(err), 0) end
   say("  ready in %.1f s; applications connect to %s", task.now() - t0, c.app_conninfo)
   assert(load.ensure_table(c.app_conninfo))
@@ -62,10 +91,11 @@ local function demo()
   task.sleep(opts.warmup)
 
   local report_file = c.base .. "/failover-report.json"
-  say("running: stolon-pgbouncer %s", table.concat(c:failover_args { "--failover-sleep-interval",
-    opts.failover_sleep_interval }, " "))
-  local code, out, ferr = c:run_failover({ "--failover-sleep-interval", opts.failover_sleep_interval,
-    "--report-file", report_file }, 120)
+  local extra = err
+  say("running: stolon-pgbouncer %s", table.concat(c:failover_args(extra), " "))
+  local args = { "--report-file", report_file }
+  for _, a in ipairs(extra) do args[#args + 1] = a end
+  local code, out, ferr = c:run_failover(args, 120)
   io.stdout:write(out or "")
   if code ~= 0 then
     io.stderr:write(ferr or "")
