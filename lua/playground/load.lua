@@ -5,6 +5,8 @@
 --
 --   local load = require "playground.load"
 --   local run = load.start{conninfo = "...", clients = 8}
+--   (or conninfos = {"...", ...}: the clients take them in turn, one run through
+--   several PgBouncers)
 --   ... later ...
 --   local r = run:stop()        -- figures, see report()
 --   local missing = load.verify(r, conninfo_of_new_primary)
@@ -35,10 +37,11 @@ end
 local function client_loop(run, n)
   local conn
   local seq = 0
+  local conninfo = run.conninfos[(n - 1) % #run.conninfos + 1]
   while not run.stopping do
     if not conn then
       local err
-      conn, err = pg.connect(run.conninfo, { timeout = 5 })
+      conn, err = pg.connect(conninfo, { timeout = 5 })
       if not conn then
         run.connect_errors = run.connect_errors + 1
         run.errors[#run.errors + 1] = { at = task.now(), error = tostring(err), kind = "connect" }
@@ -47,7 +50,7 @@ local function client_loop(run, n)
     end
     if conn then
       seq = seq + 1
-      local id = n * 100000000 + seq
+      local id = (run.number * 1000 + n) * 100000000 + seq
       local t0 = task.now()
       local rows, err, code = conn:query(("INSERT INTO %s (id, client) VALUES (%d, %d)"):format(M.TABLE, id, n))
       local t1 = task.now()
@@ -75,10 +78,16 @@ local function client_loop(run, n)
   if conn then conn:close() end
 end
 
--- start{conninfo=, clients=8, pace=0} -> run (clients start at once, in tasks)
+-- Runs started by this process: each run's ids differ from the earlier runs' (several
+-- runs on one table, as the acceptance specs and the benchmarks do, never collide).
+local runs = 0
+
+-- start{conninfo= | conninfos=, clients=8, pace=0} -> run (clients start at once, in tasks)
 function M.start(o)
+  runs = runs + 1
   local run = {
-    conninfo = o.conninfo, clients = o.clients or 8, pace = o.pace or 0,
+    number = runs,
+    conninfo = o.conninfo, conninfos = o.conninfos or { o.conninfo }, clients = o.clients or 8, pace = o.pace or 0,
     committed = {}, unknown = {}, failed = 0, connect_errors = 0, errors = {},
     latencies = {}, timeline = {}, started = task.now(), stopping = false, tasks = {},
   }

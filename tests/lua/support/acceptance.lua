@@ -1,5 +1,7 @@
--- Test helper for tests/lua/acceptance_spec.lua: small operations on a booted
--- playground (lua/playground/cluster.lua) that the acceptance scenarios share.
+-- Test helper for tests/lua/acceptance_spec.lua and patroni_acceptance_spec.lua: small
+-- operations on a booted playground (lua/playground/cluster.lua, or
+-- lua/playground/patroni.lua, whose playground has the same methods) that the
+-- acceptance scenarios share.
 -- Every function is task only (it yields).
 --
 --   local A = require "support.acceptance"
@@ -61,11 +63,13 @@ function M.bouncer_conninfo(c, i)
   return ("host=%s port=%d dbname=app user=app"):format(b.host, b.port)
 end
 
--- Every PgBouncer: { {name=, conninfo=}, ... } (the proxy first).
+-- Every PgBouncer: { {name=, conninfo=}, ... } (the proxies first).
 function M.all_bouncers(c)
-  local out = { { name = "proxy", conninfo = c.app_conninfo } }
-  for i, n in ipairs(c.nodes) do
-    out[#out + 1] = { name = n.name .. "-pgbouncer", conninfo = M.bouncer_conninfo(c, i) }
+  local out = {}
+  for _, b in ipairs(c:all_bouncers()) do
+    local name = b.dir:match("([^/]+)-pgbouncer$")
+    out[#out + 1] = { name = name == "proxy" and "proxy" or name .. "-pgbouncer",
+      conninfo = ("host=%s port=%d dbname=app user=app"):format(b.host, b.port) }
   end
   return out
 end
@@ -100,25 +104,38 @@ function M.routes(c, want, timeout)
   return out, ok
 end
 
--- Whether the whole playground is back to normal: converged clusterdata that can lose
--- a node (cd:check_healthy(1)), its master is the real primary, every pauser healthy
--- and not paused. -> cd | nil, why
-function M.healthy(c)
+-- The manager's view, when it can lose its primary: (stolon) converged clusterdata
+-- and cd:check_healthy(1), (Patroni) c:check(). -> view, the primary's host | nil, why
+local function manager_healthy(c)
+  if c.check then
+    local v, why = c:check()
+    if not v then return nil, "patroni: " .. tostring(why) end
+    return v, require("patroni").primary(v).host
+  end
   local cd, err = M.clusterdata(c)
   if not cd then return nil, err end
   local ok, why = cd:check_healthy(1)
   if not ok then return nil, "clusterdata: " .. why end
-  local m = cd:master()
+  return cd, cd:master().host
+end
+
+-- Whether the whole playground is back to normal: the manager can lose its primary,
+-- its primary is the real primary, every pauser healthy and not paused.
+-- -> view (stolon: cd) | nil, why
+function M.healthy(c)
+  local view, host = manager_healthy(c)
+  if not view then return nil, host end
   local p = c:primary()
-  if not p or p.host ~= m.host then
-    return nil, ("clusterdata master %s but Postgres primary %s"):format(m.host, p and p.host or "none")
+  if not p or p.host ~= host then
+    return nil, ("the manager's primary %s but Postgres primary %s"):format(host, p and p.host or "none")
   end
-  for _, n in ipairs(c.nodes) do
-    local status, body = M.pauser_health(c, n)
-    if status ~= 200 then return nil, ("pauser %s: %s"):format(n.name, tostring(status or body)) end
-    if body.paused then return nil, ("pauser %s: paused"):format(n.name) end
+  for _, b in ipairs(c:all_bouncers()) do
+    local status, body = M.pauser_health(c, b)
+    local name = b.dir:match("[^/]+$")
+    if status ~= 200 then return nil, ("pauser %s: %s"):format(name, tostring(status or body)) end
+    if body.paused then return nil, ("pauser %s: paused"):format(name) end
   end
-  return cd
+  return view
 end
 
 -- wait_healthy(c, seconds) -> cd | raises with the last reason
@@ -144,17 +161,18 @@ function M.node(c, keeper)
   error("no node for keeper " .. tostring(keeper))
 end
 
--- argv for `stolon-pgbouncer failover` with the playground's flags and extra ones.
+-- argv for `stolon-pgbouncer failover` with the playground's flags and extra ones
+-- (o.how: c:failover_args's second argument, {layout = "b"}).
 function M.failover_argv(c, extra, o)
   o = o or {}
   local argv = { rawget(package, "spgb_dir") .. "/stolon-pgbouncer" }
-  for _, a in ipairs(c:failover_args(extra)) do argv[#argv + 1] = a end
+  for _, a in ipairs(c:failover_args(extra, o.how)) do argv[#argv + 1] = a end
   argv.env = { STBOUNCER_FAILOVER_TOKEN_FILE = o.token_file or (c.base .. "/token") }
   argv.stdin = "null"
   return argv
 end
 
--- run_failover(c, extra, {token_file=, timeout=}) -> code, stdout, stderr, seconds
+-- run_failover(c, extra, {token_file=, timeout=, how=}) -> code, stdout, stderr, seconds
 function M.run_failover(c, extra, o)
   o = o or {}
   local argv = M.failover_argv(c, extra, o)
@@ -197,7 +215,7 @@ end
 -- Take and release the failover lock: -> seconds it took | nil, err
 function M.try_lock(c, timeout)
   local t0 = task.now()
-  local h, err = c.etcd:lock(M.key(c) .. "/failover", { timeout = timeout, ttl = 10 })
+  local h, err = c.etcd:lock(c:lock_key(), { timeout = timeout, ttl = 10 })
   if not h then return nil, err end
   h:unlock()
   return task.now() - t0
