@@ -51,7 +51,7 @@ end
 
 older()
 local results = {}
-for _, name in ipairs { "convergence", "fanout", "failover", "killed_failover", "footprint" } do
+for _, name in ipairs { "convergence", "fanout", "failover", "killed_failover", "patroni", "footprint" } do
   local r = json(name)
   if r then
     results[name] = r
