@@ -35,13 +35,7 @@ local function show(t)
   return table.concat(parts, " ")
 end
 
--- The step lines of the failover's summary: "  step    pause   12.3 ms  failed  ..."
-local function step_status(out, name)
-  for line in out:gmatch("[^\n]+") do
-    local n, status = line:match("^%s+%a+%s+(%S+)%s+[%d%.]+ ms%s+(%a+)")
-    if n == name then return status end
-  end
-end
+local step_status = A.step_status
 
 describe("acceptance on the playground", function()
   local c
@@ -64,10 +58,7 @@ describe("acceptance on the playground", function()
       keep = os.getenv("ACCEPTANCE_KEEP") == "1",
     }
     assert(c, "playground boot: " .. tostring(err))
-    A.wait_healthy(c, 60)
-    assert(load.ensure_table(c.app_conninfo))
-    assert(pgnode.query(c:primary(), "CREATE TABLE IF NOT EXISTS acceptance (id int PRIMARY KEY, note text)", "app"))
-    assert(pgnode.query(c:primary(), "GRANT ALL ON acceptance TO app", "app"))
+    A.prepare(c)
     say("playground ready in %.1f s (folder %s)", task.now() - t0, c.base)
   end)
 
@@ -333,19 +324,6 @@ describe("acceptance on the playground", function()
     local expected = {
       "event=pause_failed code=timeout", -- scenario 2: PAUSE blocked by an open transaction
     }
-    local unexpected = {}
-    for _, d in ipairs(c.daemons) do
-      local text = fs.read(d.log) or ""
-      for line in text:gmatch("[^\n]+") do
-        if line:find("level=error", 1, true) then
-          local ok = false
-          for _, e in ipairs(expected) do
-            if line:find(e, 1, true) then ok = true end
-          end
-          if not ok then unexpected[#unexpected + 1] = d.name .. ": " .. line end
-        end
-      end
-    end
-    assert.are.same({}, unexpected)
+    assert.are.same({}, A.unexpected_errors(c, expected))
   end)
 end)

@@ -25,13 +25,7 @@ local function say(fmt, ...)
   io.stderr:flush()
 end
 
--- The step lines of the failover's summary: "  step    pause   12.3 ms  failed  ..."
-local function step_status(out, name)
-  for line in out:gmatch("[^\n]+") do
-    local n, status = line:match("^%s+%a+%s+(%S+)%s+[%d%.]+ ms%s+(%a+)")
-    if n == name then return status end
-  end
-end
+local step_status = A.step_status
 
 -- How many pausers the failover's log says it paused (one line per endpoint).
 local function paused_endpoints(err)
@@ -93,10 +87,7 @@ describe("acceptance on the Patroni playground", function()
       metrics_port = 30546, https = true, keep = os.getenv("PATRONI_ACCEPTANCE_KEEP") == "1",
     }
     assert(c, "playground boot: " .. tostring(err))
-    A.wait_healthy(c, 60)
-    assert(load.ensure_table(c.app_conninfo))
-    assert(pgnode.query(c:primary(), "CREATE TABLE IF NOT EXISTS acceptance (id int PRIMARY KEY, note text)", "app"))
-    assert(pgnode.query(c:primary(), "GRANT ALL ON acceptance TO app", "app"))
+    A.prepare(c)
     say("playground ready in %.1f s (folder %s)", task.now() - t0, c.base)
   end)
 
@@ -302,18 +293,6 @@ describe("acceptance on the Patroni playground", function()
     local expected = {
       "event=pause_failed code=timeout", -- the open transaction
     }
-    local unexpected = {}
-    for _, d in ipairs(c.daemons) do
-      for line in (fs.read(d.log) or ""):gmatch("[^\n]+") do
-        if line:find("level=error", 1, true) then
-          local ok = false
-          for _, e in ipairs(expected) do
-            if line:find(e, 1, true) then ok = true end
-          end
-          if not ok then unexpected[#unexpected + 1] = d.name .. ": " .. line end
-        end
-      end
-    end
-    assert.are.same({}, unexpected)
+    assert.are.same({}, A.unexpected_errors(c, expected))
   end)
 end)

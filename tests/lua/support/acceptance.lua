@@ -231,6 +231,46 @@ function M.query_ok(conninfo, timeout)
   return true
 end
 
+-- prepare(c): after boot, what every acceptance file's scenarios start from: the
+-- playground healthy, the load's table and the table `acceptance` (id, note) that the
+-- application user may write.
+function M.prepare(c)
+  M.wait_healthy(c, 60)
+  local load = require "playground.load"
+  local pgnode = require "playground.pgnode"
+  assert(load.ensure_table(c.app_conninfo))
+  assert(pgnode.query(c:primary(), "CREATE TABLE IF NOT EXISTS acceptance (id int PRIMARY KEY, note text)", "app"))
+  assert(pgnode.query(c:primary(), "GRANT ALL ON acceptance TO app", "app"))
+end
+
+-- step_status(out, name) -> the status of step name in the failover's summary
+-- ("  step    pause   12.3 ms  failed  ...") | nil when it did not run
+function M.step_status(out, name)
+  for line in out:gmatch("[^\n]+") do
+    local n, status = line:match("^%s+%a+%s+(%S+)%s+[%d%.]+ ms%s+(%a+)")
+    if n == name then return status end
+  end
+end
+
+-- unexpected_errors(c, expected) -> every level=error line of the playground's daemons
+-- that contains none of the strings in expected, as "daemon: line" (STYLE:
+-- integration specs fail on unexpected error lines)
+function M.unexpected_errors(c, expected)
+  local unexpected = {}
+  for _, d in ipairs(c.daemons) do
+    for line in (fs.read(d.log) or ""):gmatch("[^\n]+") do
+      if line:find("level=error", 1, true) then
+        local ok = false
+        for _, e in ipairs(expected) do
+          if line:find(e, 1, true) then ok = true end
+        end
+        if not ok then unexpected[#unexpected + 1] = d.name .. ": " .. line end
+      end
+    end
+  end
+  return unexpected
+end
+
 -- The tail of a file (for failure messages).
 function M.tail(path, n)
   local text = fs.read(path) or ""
