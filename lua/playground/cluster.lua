@@ -406,7 +406,8 @@ end
 -- boot_as(class, defaults, steps, options) -> cluster | nil, err: the boot of every
 -- playground. Merges options over defaults, checks the ports, makes the folder and
 -- the token file, runs steps ({{name, method}, ...}) in order, and stops everything
--- started so far when one fails (printing the daemons' logs).
+-- started so far when one fails (printing the daemons' logs), raises, or the task is
+-- cancelled (then the error is raised again once everything is stopped).
 function M.boot_as(class, defaults, steps, o)
   local opts = {}
   for k, v in pairs(defaults) do opts[k] = v end
@@ -420,7 +421,13 @@ function M.boot_as(class, defaults, steps, o)
   assert(write(base .. "/token", opts.token .. "\n", self.root))
   for _, s in ipairs(steps) do
     local t0 = task.now()
-    local ok, serr = s[2](self)
+    local done, ok, serr = pcall(s[2], self)
+    if not done then
+      -- cancelled (Ctrl-C in the demo) or a step raised: stop what was started, by
+      -- PID, and remove the folder, before the error goes on
+      task.shield(function() self:stop() end)
+      error(ok, 0)
+    end
     if not ok then
       log.error { event = "playground_boot_failed", step = s[1], error = tostring(serr) }
       for _, d in ipairs(self.daemons) do
