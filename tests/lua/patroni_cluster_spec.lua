@@ -10,8 +10,8 @@ local E = require "support.etcd"
 local P = require "support.pg"
 local PT = require "support.patroni"
 local fs = require "fs"
+local loadgen = require "playground.load"
 local patroni = require "patroni"
-local pg = require "pg"
 local pgbouncer = require "pgbouncer"
 local proc = require "proc"
 local task = require "task"
@@ -80,46 +80,20 @@ describe("real Patroni", function()
 
   local function reloads() return PT.reloads(dir) end
 
-  -- start_load() -> {stop = fn -> stats}: 4 clients inserting through the proxy
-  -- PgBouncer (each on its connection, a new one after an error) until stopped;
-  -- stats = {ok=, failed=, errors=}. Runs a second before it returns and after stop.
+  -- start_load() -> {stop = fn -> stats}: 8 clients inserting through the proxy
+  -- PgBouncer (lua/playground/load.lua) until stopped; stats = {ok=, failed= (failed,
+  -- unknown outcome or refused), errors=}. Runs a second before it returns and after stop.
   local function start_load()
-    local conninfo = { host = PROXY, port = BOUNCER_PORT, dbname = "postgres", user = "postgres" }
-    local stats = { ok = 0, failed = 0, errors = {} }
-    local stop = false
-    local function client_loop(i)
-      local conn
-      while not stop do
-        if not conn then conn = pg.connect(conninfo, { timeout = 5 }) end
-        if not conn then
-          stats.failed = stats.failed + 1
-          task.sleep(0.05)
-        else
-          local rows, err = conn:query_opts { sql = "INSERT INTO load (c) VALUES (" .. i .. ") RETURNING id", timeout = 20 }
-          if rows then
-            stats.ok = stats.ok + 1
-          else
-            stats.failed = stats.failed + 1
-            stats.errors[#stats.errors + 1] = tostring(err)
-            conn:close()
-            conn = nil
-          end
-          task.sleep(0.01)
-        end
-      end
-      if conn then conn:close() end
-    end
-    local setup_conn = assert(pg.connect(conninfo, { timeout = 5 }))
-    assert(setup_conn:query("CREATE TABLE IF NOT EXISTS load (id bigserial PRIMARY KEY, c int)"))
-    setup_conn:close()
-    local loads = {}
-    for i = 1, 4 do loads[i] = task.spawn(client_loop, i) end
+    local conninfo = ("host=%s port=%d dbname=postgres user=postgres"):format(PROXY, BOUNCER_PORT)
+    assert(loadgen.ensure_table(conninfo))
+    local run = loadgen.start { conninfo = conninfo, clients = 8 }
     task.sleep(1)
     return { stop = function()
       task.sleep(1)
-      stop = true
-      for _, h in ipairs(loads) do h:wait() end
-      return stats
+      local r = run:stop()
+      local errors = {}
+      for i = 1, math.min(#r.errors, 10) do errors[i] = r.errors[i].kind .. " " .. r.errors[i].error end
+      return { ok = r.committed, failed = r.failed + r.unknown + r.connect_errors, errors = errors }
     end }
   end
 
