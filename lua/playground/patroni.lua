@@ -156,7 +156,7 @@ function Playground:make_tls()
   return true
 end
 
--- base() -> "/service/<scope>/", where Patroni's keys are
+-- dcs_base() -> "/service/<scope>/", where Patroni's keys are
 function Playground:dcs_base()
   return patroni.base(self.o.namespace, self.o.scope)
 end
