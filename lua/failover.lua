@@ -575,6 +575,7 @@ function M:switchover()
     end
   end)
   self.log.info { event = "switchover_requested", leader = old.name, candidate = cand.name, api = old.api_url }
+  self:preconnect_write_probe(cand)
   return true
 end
 
@@ -658,28 +659,85 @@ function M:wait_for_recovery()
   return true
 end
 
-function M:write_probe()
+-- probe_conninfo(m) -> the --write-probe conninfo for member m | nil (no probe) | nil, err
+function M:probe_conninfo(m)
   local tmpl_text = self.opts.write_probe
-  if tmpl_text == "" then return true end
+  if tmpl_text == "" then return nil end
   local template = require "template"
-  local pg = require "pg"
   local t, terr = template.compile(tmpl_text, "--write-probe")
   if not t then return nil, terr end
+  return t:render { Host = m.host, Port = m.port or "5432" }
+end
+
+-- preconnect_write_probe(m) (Patroni): we chose the candidate, so the probe's
+-- connection is opened while Patroni switches, in a task of its own; a session on a
+-- hot standby can write once the standby is promoted, so write_probe then skips the
+-- connection set-up inside the pause window. Anything wrong here only loses the
+-- head start: write_probe falls back to connecting itself.
+function M:preconnect_write_probe(m)
+  local conninfo = self:probe_conninfo(m)
+  if not conninfo then return end
+  local pg = require "pg"
+  local ctx = self.ctx
+  ctx.probe_preconnect = task.named("write_probe_connect", function()
+    local conn = pg.connect(conninfo, { timeout = 2 })
+    if not conn then return end
+    if ctx.probe_done then
+      conn:close()
+      return
+    end
+    ctx.probe_conn = { conn = conn, host = m.host, port = m.port }
+  end)
+end
+
+-- drop_probe_connection(): close a pre-opened probe connection nobody used.
+function M:drop_probe_connection()
+  local ctx = self.ctx
+  ctx.probe_done = true
+  if ctx.probe_preconnect then ctx.probe_preconnect:cancel() end
+  if ctx.probe_conn then
+    ctx.probe_conn.conn:close()
+    ctx.probe_conn = nil
+  end
+end
+
+-- probe_once(conn, m, how) -> true | nil, err: the write (an xid) on the new master;
+-- how ("preconnected" or "connected") goes to the log
+function M:probe_once(conn, m, how)
+  local rows, qerr = conn:query("SELECT txid_current() AS xid, pg_is_in_recovery() AS recovery")
+  conn:close()
+  if rows and rows[1] and rows[1].recovery == "f" then
+    self.log.info { event = "write_probe", host = m.host, xid = rows[1].xid, connection = how }
+    return true
+  end
+  return nil, qerr or "new master still in recovery"
+end
+
+function M:write_probe()
   local m = self.ctx.new_master
-  local conninfo, rerr = t:render { Host = m.host, Port = m.port or "5432" }
-  if not conninfo then return nil, rerr end
+  local conninfo, rerr = self:probe_conninfo(m)
+  if not conninfo then
+    if rerr then return nil, rerr end
+    return true
+  end
+  local pre = self.ctx.probe_conn
+  self.ctx.probe_conn = nil
+  self:drop_probe_connection()
+  if pre then
+    if pre.host == m.host and pre.port == m.port and self:probe_once(pre.conn, m, "preconnected") then
+      return true
+    end
+    pre.conn:close()
+  end
+  local pg = require "pg"
   local deadline = task.now() + math.max(0.5, self:remaining())
   local last
   repeat
     local conn, cerr = pg.connect(conninfo, { timeout = 2 })
     if conn then
-      local rows, qerr = conn:query("SELECT txid_current() AS xid, pg_is_in_recovery() AS recovery")
-      conn:close()
-      if rows and rows[1] and rows[1].recovery == "f" then
-        self.log.info { event = "write_probe", host = m.host, xid = rows[1].xid }
-        return true
-      end
-      last = qerr or "new master still in recovery"
+      local ok, perr = self:probe_once(conn, m, "connected")
+      if ok then return true end
+      last = perr
     else
       last = cerr
     end
@@ -821,6 +879,7 @@ function M:run(p)
   for _, s in ipairs(signals) do s:stop() end
   -- Patroni's reply to a switchover that is over changes nothing: stop waiting for it
   if self.ctx.switch_request then self.ctx.switch_request:cancel() end
+  self:drop_probe_connection()
   self:summary(p, ok, err)
   if not ok then
     self.log.error { error = tostring(err), msg = "exiting with error" }

@@ -220,6 +220,8 @@ describe("real Patroni", function()
     assert.is_truthy(patroni.primary(view()))
     assert(D.eventually(15, function() return db_host() == NODES.n1 end), "PgBouncer did not follow back")
     assert.matches("n2 .- %-> new master n1", out)
+    -- the probe's connection to the candidate was opened while Patroni switched
+    assert.matches("event=write_probe[^\n]*connection=preconnected", err)
     assert.is_nil(err:find(AUTH.password, 1, true))
   end)
 
