@@ -358,20 +358,21 @@ function M:write_lead()
 end
 
 -- pause_lead() -> seconds from the first PAUSE sent to forceFail in etcd: per pause
--- round (the extra pausers first, then the keepers'), the slowest health check of
--- that round (HTTP, the pauser, PgBouncer's admin console; it also set up the
--- connection the PAUSE reuses, so it errs long) + 5 ms for PgBouncer to drain the
--- transactions in flight, at least 15 ms; then failkeeper's read of the master (the
--- compare-and-swap's length again) and its write (write_lead). What PAUSE takes less
--- than this costs no reaction time (failkeeper waits for its moment:
--- wait_for_write_moment) but stalls the clients: it was 1.5 x + 10 ms per round, and
--- PAUSE then took a fifth of its lead (bench/failover.lua, 2026-12-02).
+-- round (the extra pausers first, then the keepers'), 1.5 x the slowest health check
+-- of that round (HTTP, the pauser, PgBouncer's admin console) + 10 ms for PgBouncer to
+-- drain the transactions in flight, at least 20 ms; then failkeeper's read of the
+-- master (the compare-and-swap's length again) and its write (write_lead). What PAUSE
+-- takes less than this costs no reaction time (failkeeper waits for its moment:
+-- wait_for_write_moment) but stalls the clients. It stays generous: with 1 x + 5 ms a
+-- PAUSE of 154 ms on a loaded VM overran its 88 ms lead, forceFail landed inside the
+-- sentinel's check and the reaction took a whole period (1.2 s) more, where the lead's
+-- slack costs some 40 ms (bench/failover.lua, 2026-12-02, 1 of 5 runs at 1s).
 function M:pause_lead()
   local h = self.ctx.health_slowest or {}
   local lead = 0
   local has_extra = false
   for _, c in ipairs(self.pausers) do has_extra = has_extra or c.extra == true end
-  local function round(slowest) return math.max(0.015, (slowest or 0) + 0.005) end
+  local function round(slowest) return math.max(0.02, 1.5 * (slowest or 0) + 0.01) end
   if has_extra then lead = lead + round(h.extra) end
   lead = lead + round(h.keeper)
   return lead + (self.ctx.store_cas_seconds or 0.01) + self:write_lead()
