@@ -6,9 +6,11 @@
 -- The playground (lua/playground/cluster.lua) on 127.0.2.11-13 (nodes) and
 -- 127.0.2.20 (proxy), etcd on 127.0.0.1:22570. Per run: wait until the cluster is
 -- healthy again (every keeper and db healthy, the master with its sync standby),
--- start 8 clients writing through the proxy (lua/playground/load.lua), run
--- `stolon-pgbouncer failover --report-file`, stop the load, and take from the report
--- (CLOCK_MONOTONIC, comparable with this process's task.now()):
+-- start 8 clients writing through the proxy (lua/playground/load.lua), wait 1 s plus
+-- a random delay (uniform over one cycle of the sentinel, drawn afresh for every run
+-- of both arms, so the failover starts at a random phase of the sentinel's cycle),
+-- run `stolon-pgbouncer failover --report-file`, stop the load, and take from the
+-- report (CLOCK_MONOTONIC, comparable with this process's task.now()):
 --   pause window   first PAUSE sent -> last RESUME answered
 --   manager        failkeeper done -> recovered observed (the stand-in sentinel's ticks)
 --   ours           the window minus the manager's part
@@ -51,6 +53,7 @@ for _, interval in ipairs(INTERVALS) do
   end
 end
 local CLIENTS = 8
+local START_SPREAD = 2.5 -- seconds: the start delay is uniform in [0, this) (see one_run)
 
 B.quiet()
 local res = B.result("failover")
@@ -114,6 +117,34 @@ local function phases_of(errors, started, resumed)
   return out
 end
 
+-- sentinel_ticks(fr) -> what the stand-in sentinel's own clock says about the tick
+-- that reacted to forceFail (c.sentinel_state.times; the same CLOCK_MONOTONIC as the
+-- report): before_read (forceFail's write answered -> that tick's read of
+-- clusterdata), check (its read answered -> the keepers' status taken), write (-> its
+-- compare-and-swap answered), seen (-> the failover saw the revision), conflicts
+-- (ticks whose compare-and-swap failed between forceFail and the reaction: each cost
+-- a period), read_error (that read - the one sentinel_clock predicted).
+-- sequence: every tick from forceFail to the recovery seen, "what@ms" (its write
+-- answered, from forceFail's).
+local function sentinel_ticks(fr)
+  local out = { conflicts = 0, sequence = {} }
+  if not fr.failkeeper_at then return out end
+  for _, t in ipairs(c.sentinel_state.times) do
+    if t.written > fr.failkeeper_at and t.read < (fr.recovered_at or math.huge) then
+      out.sequence[#out.sequence + 1] = ("%s@%.0f(check %.0f)"):format(t.what, (t.written - fr.failkeeper_at) * 1e3,
+        (t.written - t.read) * 1e3)
+      if t.what == "conflict" and not out.check then out.conflicts = out.conflicts + 1 end
+      if t.what == "no-master" then
+        out.before_read, out.read, out.check = t.read - fr.failkeeper_at, t.read_done - t.read, t.collected - t.read_done
+        out.write, out.seen = t.written - t.collected, fr.reacted_at and (fr.reacted_at - t.written)
+        local al = fr.align or {}
+        if al.predicted_read then out.read_error = t.read - al.predicted_read end
+      end
+    end
+  end
+  return out
+end
+
 local function one_run(mode, i)
   local interval = mode.interval
   local t_wait = task.now()
@@ -144,7 +175,13 @@ local function one_run(mode, i)
   end
   task.sleep(0.5)
   local run = load.start { conninfo = c.app_conninfo, clients = CLIENTS }
-  task.sleep(1)
+  -- A random phase: healthy() returns just after a sentinel write, and every sleep
+  -- above is fixed, so without this each run would start at the same point of the
+  -- sentinel's cycle, and the arm without alignment would see one lucky (or
+  -- unlucky) phase five times. Drawn per run, for both arms, over one whole cycle
+  -- of the playground's sentinel (its 2 s interval and its check).
+  local delay = math.random() * START_SPREAD
+  task.sleep(1 + delay)
   local report_file = ("%s/failover-%s-%s-%d.json"):format(c.base, interval, mode.aligned and "a" or "n", i)
   local started = task.now()
   local code, out, ferr = c:run_failover({ "--failover-sleep-interval", interval, "--report-file", report_file,
@@ -167,14 +204,18 @@ local function one_run(mode, i)
     end
   end
   local al = fr.align or {}
+  local tick = sentinel_ticks(fr)
   local x = {
     interval = interval, mode = mode.name, aligned = al.aligned == true, align_reason = al.reason, run = i,
-    waited_healthy_s = waited,
+    waited_healthy_s = waited, start_delay = delay,
     reaction = fr.reaction_wait_seconds, reaction_how = fr.reaction,
     sentinel_check = al.period and (al.period - (interval == "1s" and 1 or 0.25)) or nil,
     before_read = al.predicted_read and fr.failkeeper_at and (al.predicted_read - fr.failkeeper_at) or nil,
     after_reaction = fr.reacted_at and fr.recovered_at and (fr.recovered_at - fr.reacted_at) or nil,
-    lead = al.lead, margin = al.margin, period = al.period,
+    lead = al.lead, margin = al.margin, period = al.period, write_wait = al.write_wait,
+    s_before_read = tick.before_read, s_check = tick.check, s_write = tick.write, s_seen = tick.seen,
+    s_conflicts = tick.conflicts, s_read_error = tick.read_error, s_read = tick.read, s_ticks = tick.sequence,
+    s_reaction_check = tick.read and (tick.read + tick.check + tick.write + (tick.seen or 0)),
     window = fr.pause_window_seconds, manager = fr.manager_seconds, ours = fr.ours_seconds,
     pause_fanout = fr.pause_done_at and fr.paused_at and (fr.pause_done_at - fr.paused_at),
     pause_direct = B.stats(direct).median, pause_per_pauser = per_pauser,
@@ -199,13 +240,17 @@ local function one_run(mode, i)
   end
   local ph = x.phases
   local function ms(v) return v and ("%.1f"):format(v * 1e3) or "-" end
-  B.say("  %-17s #%d: window %7.1f ms (manager %7.1f, ours %5.1f; forceFail -> reaction %s ms, before the "
-    .. "predicted read %s ms, sentinel check %s ms, pause %s ms, lead %s ms, margin %s ms%s), stall %7.1f ms, "
+  B.say("  %-17s #%d: start delay %4.0f ms, window %7.1f ms (manager %7.1f, ours %5.1f; forceFail -> reaction %s ms, before the "
+    .. "predicted read %s ms, sentinel check %s ms, pause %s ms, lead %s ms, margin %s ms%s; the sentinel's "
+    .. "own clock: forceFail %s ms before its read (%s ms after the predicted one), check %s ms, write %s ms, "
+    .. "seen %s ms later, %d conflicts; ticks %s), stall %7.1f ms, "
     .. "p99 %6.1f ms, %d committed, %d missing; failed/unknown/connect before %d/%d/%d, during %d/%d/%d, "
     .. "after %d/%d/%d",
-    mode.name, i, x.window * 1e3, x.manager * 1e3, x.ours * 1e3, ms(x.reaction), ms(x.before_read),
+    mode.name, i, delay * 1e3, x.window * 1e3, x.manager * 1e3, x.ours * 1e3, ms(x.reaction), ms(x.before_read),
     ms(x.sentinel_check), ms(x.pause_fanout), ms(x.lead), ms(x.margin),
     x.align_reason and (", " .. x.align_reason) or "",
+    ms(x.s_before_read), ms(x.s_read_error), ms(x.s_check), ms(x.s_write), ms(x.s_seen), x.s_conflicts,
+    table.concat(x.s_ticks, " "),
     stall * 1e3, p99 * 1e3, x.committed, x.missing,
     ph.before.failed, ph.before.unknown, ph.before.connect, ph.during.failed, ph.during.unknown, ph.during.connect,
     ph.after.failed, ph.after.unknown, ph.after.connect)
@@ -272,7 +317,8 @@ local function main()
     local n = mode.name
     local sm = {}
     for _, f in ipairs { "window", "manager", "ours", "reaction", "sentinel_check", "before_read", "after_reaction",
-      "stall", "p99", "pause_fanout", "pause_direct" } do
+      "stall", "p99", "pause_fanout", "pause_direct", "s_before_read", "s_reaction_check", "s_read_error",
+      "write_wait" } do
       local st = stats(n, f)
       sm[f .. "_median_ms"], sm[f .. "_max_ms"] = B.ms(st.median), B.ms(st.max)
     end
@@ -306,22 +352,25 @@ local function main()
     local R = row("forceFail -> manager's first reaction", "reaction", "median", { goal = "<= 100 ms" })
     res.rows[#res.rows].met = R.median ~= nil and R.median <= 0.100
     row("forceFail -> manager's first reaction", "reaction", "worst")
-    local check = stats(a, "sentinel_check").median
-    res:row { figure = ("[%s] · of which the sentinel's own check (period - interval), median"):format(interval),
-      unit = "ms", value = B.ms(check) }
-    if check then
-      -- the waiting itself: the reaction less the check it always holds (the
-      -- aligned runs' median check for both, as only they learn it)
-      local function waiting(name)
-        local xs = {}
-        for _, x in ipairs(per[name]) do
-          if x.reaction then xs[#xs + 1] = x.reaction - check end
-        end
-        return B.stats(xs).median
-      end
-      res:row { figure = ("[%s] · forceFail -> reaction less the sentinel's check, median"):format(interval),
-        unit = "ms", value = B.ms(waiting(a)), floor = B.ms(waiting(n)), floor_what = "not aligned" }
+    -- what the reaction holds, by the stand-in's own clock (c.sentinel_state.times):
+    -- the wait for its read (what the alignment chooses), then its check (read,
+    -- keepers' status, compare-and-swap) and our watch seeing the write. The
+    -- period-based estimate (period - interval) is kept for comparison: it is taken
+    -- before the pause, under load, and overstates the check during the window.
+    row("· forceFail -> the sentinel's read (the waiting)", "s_before_read", "median")
+    row("· forceFail -> the sentinel's read (the waiting)", "s_before_read", "worst")
+    row("· the sentinel's check, its read -> its write seen", "s_reaction_check", "median")
+    res:row { figure = ("[%s] · · the same estimated from the period before the pause (period - interval), median")
+      :format(interval), unit = "ms", value = B.ms(stats(a, "sentinel_check").median) }
+    res:row { figure = ("[%s] · the sentinel's read after the predicted one, median"):format(interval), unit = "ms",
+      value = B.ms(stats(a, "s_read_error").median) }
+    local function conflicts(name)
+      local k = 0
+      for _, x in ipairs(per[name]) do k = k + (x.s_conflicts or 0) end
+      return k
     end
+    res:row { figure = ("[%s] · runs' sentinel writes lost to forceFail (each costs a period), in %d runs")
+      :format(interval, RUNS), value = conflicts(a), floor = conflicts(n), floor_what = "not aligned" }
     res:row { figure = ("[%s] · forceFail before the predicted read, median"):format(interval),
       unit = "ms", value = B.ms(stats(a, "before_read").median) }
     row("pause window", "window", "median")

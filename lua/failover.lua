@@ -10,7 +10,9 @@
 --   pause                     every PgBouncer, in parallel           -> resume
 --                             (first align_to_sentinel: wait for the moment that puts
 --                             forceFail just before the sentinel's next read)
---   failkeeper                mark the master keeper failed (CAS, or stolonctl)
+--   failkeeper                mark the master keeper failed (CAS, or stolonctl); when
+--                             aligned, the write waits for its moment (what the PAUSE
+--                             took less than planned)
 --   wait_for_recovery         watch clusterdata until a new healthy master has its sync standbys
 --   write_probe               optional: a write on the new master before RESUME
 local common = require "common"
@@ -294,7 +296,8 @@ function M:shorten_sleep_interval()
   self.ctx.store_cas_seconds = task.now() - t_cas
   self.log.info { event = "apply_short_sleep_interval", interval = short, original = original }
   if self.opts.align_to_sentinel then
-    self.ctx.clock = sentinel_clock.new { interval = self.opts.failover_sleep_interval }
+    self.ctx.clock = sentinel_clock.new { interval = self.opts.failover_sleep_interval,
+      previous = duration.parse(original) }
     self.ctx.watch_from = rev + 1
   end
   -- stolon components read the interval at their next tick: wait for them as the
@@ -345,12 +348,25 @@ function M:observe(deadline)
   end
 end
 
+-- write_lead() -> seconds from the failkeeper write started to forceFail in etcd:
+-- 1.25 x the shorten_sleep_interval compare-and-swap (the same get and txn; the txn
+-- applies before its answer comes back, so this errs early) + 1 ms, or 100 ms for
+-- --stolonctl, a process to start.
+function M:write_lead()
+  if self.opts.stolonctl ~= "" then return 0.1 end
+  return 1.25 * (self.ctx.store_cas_seconds or 0.01) + 0.001
+end
+
 -- pause_lead() -> seconds from the first PAUSE sent to forceFail in etcd: per pause
 -- round (the extra pausers first, then the keepers'), 1.5 x the slowest health check
 -- of that round (HTTP, the pauser, PgBouncer's admin console) + 10 ms for PgBouncer to
--- drain the transactions in flight, at least 20 ms; then the failkeeper write
--- (a get and a compare-and-swap: 1.5 x the shorten_sleep_interval one, or 100 ms for
--- --stolonctl, a process to start).
+-- drain the transactions in flight, at least 20 ms; then failkeeper's read of the
+-- master (the compare-and-swap's length again) and its write (write_lead). What PAUSE
+-- takes less than this costs no reaction time (failkeeper waits for its moment:
+-- wait_for_write_moment) but stalls the clients. It stays generous: with 1 x + 5 ms a
+-- PAUSE of 154 ms on a loaded VM overran its 88 ms lead, forceFail landed inside the
+-- sentinel's check and the reaction took a whole period (1.2 s) more, where the lead's
+-- slack costs some 40 ms (bench/failover.lua, 2026-12-02, 1 of 5 runs at 1s).
 function M:pause_lead()
   local h = self.ctx.health_slowest or {}
   local lead = 0
@@ -359,12 +375,22 @@ function M:pause_lead()
   local function round(slowest) return math.max(0.02, 1.5 * (slowest or 0) + 0.01) end
   if has_extra then lead = lead + round(h.extra) end
   lead = lead + round(h.keeper)
-  if self.opts.stolonctl ~= "" then
-    lead = lead + 0.1
-  else
-    lead = lead + 1.5 * (self.ctx.store_cas_seconds or 0.01) + 0.002
-  end
-  return lead
+  return lead + (self.ctx.store_cas_seconds or 0.01) + self:write_lead()
+end
+
+-- wait_for_write_moment(): with a plan (align_to_sentinel), sleep until the
+-- failkeeper write, started now, puts forceFail in etcd a margin before the predicted
+-- read: the PAUSE's own time varies by tens of milliseconds, and every one it comes in
+-- under its lead would otherwise be spent by the sentinel's read, after the write, as
+-- the clients' stall. Records the wait in ctx.align.write_wait; a moment already past
+-- writes at once. Task only; yields.
+function M:wait_for_write_moment()
+  local a = self.ctx.align
+  if not (a and a.aligned and a.predicted_read) then return end
+  local at = a.predicted_read - a.margin - self:write_lead()
+  local wait = at - task.now()
+  a.write_wait = math.max(0, wait)
+  if wait > 0 then task.sleep(wait) end
 end
 
 -- align_to_sentinel: wait until the moment whose PAUSE, then failkeeper, put
@@ -437,12 +463,16 @@ end
 -- nodes) are paused first and resumed last: a front PgBouncer left running while the
 -- ones behind it are paused would start server logins that the pause interrupts, and
 -- PgBouncer then rejects clients for server_login_retry after RESUME (pgbouncer#420).
+--
+-- The pause lease is taken before the wait for the sentinel's moment: its two etcd
+-- writes then lie outside the lead that the moment is planned with (it is kept alive
+-- meanwhile, and losing it cancels the failover as it would during the pause).
 function M:pause()
-  self:align_to_sentinel()
-  self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   local o = self.opts
   local tie, terr = self:take_pause_lease()
   if terr then return nil, terr end
+  self:align_to_sentinel()
+  self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   self.ctx.paused_at = task.now()
   local function pause(c) return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2, tie) end
   local res, err = self:each("pgbouncer_pause", pause, "extra")
@@ -501,12 +531,15 @@ function M:resume()
   return true
 end
 
+-- With a plan from align_to_sentinel, the master is read first and the write waits
+-- for its moment (wait_for_write_moment).
 function M:failkeeper()
   local cd, err = common.read_clusterdata(self.client, self.key)
   if not cd then return nil, err end
   local master = cd:master()
   if not master or not master.keeper then return nil, "could not identify master keeper" end
   self.ctx.old_master = master
+  self:wait_for_write_moment()
   local o = self.opts
   if o.stolonctl ~= "" then
     local code, out, serr = proc.run {
@@ -527,7 +560,8 @@ function M:failkeeper()
   local a = self.ctx.align
   local before_read = a and a.predicted_read and (a.predicted_read - self.ctx.failkeeper_at)
   self.log.info { event = "failkeeper", keeper = master.keeper, msg = "marked the master keeper failed",
-    before_predicted_read = before_read and ("%.4f"):format(before_read) or nil }
+    before_predicted_read = before_read and ("%.4f"):format(before_read) or nil,
+    waited = a and a.write_wait and ("%.4f"):format(a.write_wait) or nil }
   if before_read and before_read < 0 then
     self.log.warn { event = "align_moment_missed", late = ("%.4f"):format(-before_read),
       msg = "PAUSE took longer than planned: forceFail written after the sentinel's predicted read" }

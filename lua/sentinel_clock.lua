@@ -19,13 +19,33 @@ M.__index = M
 
 M.MIN_GAPS = 3 -- regular gaps (MIN_GAPS + 1 writes) before the period counts as learned
 M.MAX_GAPS = 8 -- the newest gaps used; older ones may predate the short interval
-M.BASE_MARGIN = 0.015 -- seconds before the predicted read: etcd's write latency, our timer
-M.SLEEP_MARGIN = 0.02 -- and this fraction of the interval: the sentinel's sleep overshooting
+-- Seconds before the predicted read, for what can make the read come earlier than
+-- last arrival + S: our watch delivering the sentinel's write late (0-3 ms seen on a
+-- loaded 2-core VM), the sentinel's timer firing on a stale loop clock, our own timer.
+-- Nothing proportional to S: a sentinel's sleep that overshoots (and the stand-in's
+-- read of the interval after its write) only makes the read later, which costs
+-- waiting, never a period. The write's own latency is the caller's lead.
+M.BASE_MARGIN = 0.010
 
--- new{interval=S} -> clock. S: the sleepInterval (seconds) the sentinel now uses.
+-- new{interval=S [, previous=P]} -> clock. S: the sleepInterval (seconds) the
+-- sentinel now uses; P: the one it used before (the failover shortened it), which
+-- bounds how long a check may look (see learn).
 function M.new(o)
   assert(type(o) == "table" and type(o.interval) == "number" and o.interval > 0, "sentinel_clock.new{interval=}")
-  return setmetatable({ interval = o.interval, arrivals = {}, revisions = {} }, M)
+  assert(o.previous == nil or type(o.previous) == "number", "sentinel_clock.new{previous=}")
+  return setmetatable({ interval = o.interval, previous = o.previous, arrivals = {}, revisions = {} }, M)
+end
+
+-- longest_gap() -> seconds: the longest gap that still counts as one check plus one
+-- sleep of S. A check's length does not move the next read (it comes S after the
+-- write), so the bound only has to tell the short interval from the previous one:
+-- S + 1 s, but below 0.9 x the previous interval when that is known (a gap of the
+-- old interval must not pass for a slow check); never below 1.5 S + 0.2 s.
+function M:longest_gap()
+  local S = self.interval
+  local hi = S + 1.0
+  if self.previous and self.previous > S then hi = math.min(hi, 0.9 * self.previous) end
+  return math.max(hi, 1.5 * S + 0.2)
 end
 
 -- c:add(t, revision): one write of the document arrived at t. Writes of one revision
@@ -56,14 +76,14 @@ end
 
 -- c:learn() -> {period=, spread=, last=, gaps=} | nil, why. Uses the newest run of
 -- gaps that each look like one check plus one sleep of S (between 0.9 S and
--- 1.5 S + 0.2 s); needs MIN_GAPS of them. spread is the largest distance of one gap
+-- longest_gap()); needs MIN_GAPS of them. spread is the largest distance of one gap
 -- from their median: how much the check's length varies. It does not move the next
 -- read (last write + S, whatever the check took), only the ones after it, so it is
 -- not a reason to refuse: on a loaded machine the stand-in's check varies by 100 ms.
 -- why says what was missing.
 function M:learn()
   local a, S = self.arrivals, self.interval
-  local lo, hi = 0.9 * S, 1.5 * S + 0.2
+  local lo, hi = 0.9 * S, self:longest_gap()
   local gaps, all = {}, {}
   for i = #a, 2, -1 do
     local g = a[i] - a[i - 1]
@@ -86,15 +106,15 @@ end
 -- c:plan(now, lead) -> {start=, read=, k=, margin=, period=} | nil, why. read: the k-th
 -- predicted read after the last write (last + S + (k - 1) period), the first one with
 -- start = read - margin - lead >= now; lead: what must happen between start and the
--- forceFail being in etcd (the PAUSE and the failkeeper write). margin: BASE_MARGIN
--- + SLEEP_MARGIN x S, + spread x sqrt(k - 1) for a read after further checks, whose
--- lengths vary.
+-- forceFail being in etcd (the PAUSE and the failkeeper write). margin: BASE_MARGIN,
+-- + spread x sqrt(k - 1) for a read after further checks, whose lengths vary. The
+-- caller aims its write at read - margin (failover's failkeeper waits for it).
 function M:plan(now, lead)
   local l, why = self:learn()
   if not l then return nil, why end
   for k = 1, 1000 do
     local read = l.last + self.interval + (k - 1) * l.period
-    local margin = M.BASE_MARGIN + M.SLEEP_MARGIN * self.interval + l.spread * math.sqrt(k - 1)
+    local margin = M.BASE_MARGIN + l.spread * math.sqrt(k - 1)
     local start = read - margin - lead
     if start >= now then
       return { start = start, read = read, k = k, margin = margin, period = l.period, spread = l.spread }

@@ -10,15 +10,30 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CURLM_MT "spgb.curlm"
 #define DEFAULT_MAX_BODY ((size_t)64 << 20)
 
+/* One uv_poll per socket curl uses. A kept-alive connection's socket is handed to
+ * us again for every request on it, and curl drops it (CURL_POLL_REMOVE) after each:
+ * the handle is then parked (left watching readability, unreferenced) rather than
+ * closed, so a request on a reused connection costs no calloc, ioctl or epoll_ctl
+ * (it cost a calloc, an ioctl and two or three epoll_ctl). A parked handle is closed
+ * before curl closes its socket (close_cb): libuv's uv_close removes the fd from
+ * epoll, which must not happen to a later file that reuses the number. */
 typedef struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
+    bool parked; /* not assigned in the multi: between transfers */
+    int events;  /* the UV_ mask last started, while active */
     struct sock_ctx *next, *prev;
 } sock_ctx;
+
+/* Easy handles of finished transfers, reset and kept for the next ones: a failover
+ * makes three requests per pauser, and curl_easy_init + curl_easy_cleanup (a few KB
+ * of handle set up and torn down) were a large part of each. */
+#define EASY_POOL_MAX 64
 
 static struct {
     CURLM *multi;
@@ -26,6 +41,8 @@ static struct {
     spgb_xfer *xfers; /* running transfers */
     sock_ctx *socks;  /* live poll handles */
     bool global_done;
+    CURL *easy_pool[EASY_POOL_MAX];
+    int easy_pooled;
 } M;
 
 /* ---- buffers -------------------------------------------------------------- */
@@ -107,6 +124,12 @@ static void check_info(void)
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     sock_ctx *s = h->data;
+    if (s->parked) {
+        /* an idle connection's peer wrote or closed: stop watching (epoll is level
+         * triggered); curl finds the connection dead when it next looks at it */
+        (void)uv_poll_stop(h);
+        return;
+    }
     int flags = 0;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -150,6 +173,27 @@ static void sock_release(sock_ctx *s)
     uv_close((uv_handle_t *)&s->poll, sock_closed);
 }
 
+/* Start watching ev unless that is already watched: libuv's uv_poll_start takes
+ * the fd out of epoll and puts it back (two epoll_ctl) even for the same mask.
+ * 0 | a libuv error. */
+static int sock_watch(sock_ctx *s, int ev)
+{
+    if (uv_is_active((uv_handle_t *)&s->poll) && s->events == ev)
+        return 0;
+    int rc = uv_poll_start(&s->poll, ev, on_poll);
+    if (rc == 0)
+        s->events = ev;
+    return rc;
+}
+
+static sock_ctx *sock_find(curl_socket_t fd)
+{
+    for (sock_ctx *s = M.socks; s; s = s->next)
+        if (s->fd == fd)
+            return s;
+    return NULL;
+}
+
 /* CURLMOPT_SOCKETFUNCTION: only (un)registers interest with libuv. */
 static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *sockp)
 {
@@ -159,11 +203,18 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *so
     if (what == CURL_POLL_REMOVE) {
         if (s) {
             if (M.multi)
-                curl_multi_assign(M.multi, fd, NULL);
-            sock_release(s);
+                (void)curl_multi_assign(M.multi, fd, NULL); /* fails only for unknown fds */
+            /* Parked: still watched for readability (no epoll_ctl now, none when
+             * the connection is reused), unreferenced so it keeps no loop alive. */
+            s->parked = true;
+            uv_unref((uv_handle_t *)&s->poll);
+            if (sock_watch(s, UV_READABLE) != 0)
+                sock_release(s);
         }
         return 0;
     }
+    if (!s)
+        s = sock_find(fd); /* parked since the last transfer on this connection */
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s)
@@ -178,16 +229,22 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *so
         if (M.socks)
             M.socks->prev = s;
         M.socks = s;
-        curl_multi_assign(M.multi, fd, s);
+        s->parked = true;
+    }
+    if (s->parked || sockp == NULL) {
+        if (curl_multi_assign(M.multi, fd, s) != CURLM_OK) {
+            sock_release(s);
+            return -1;
+        }
+        s->parked = false;
+        uv_ref((uv_handle_t *)&s->poll);
     }
     int ev = 0;
     if (what & CURL_POLL_IN)
         ev |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         ev |= UV_WRITABLE;
-    if (uv_poll_start(&s->poll, ev, on_poll) != 0)
-        return -1;
-    return 0;
+    return sock_watch(s, ev) == 0 ? 0 : -1;
 }
 
 /* CURLMOPT_TIMERFUNCTION: one uv timer; a 0 ms timeout fires on the next loop
@@ -201,6 +258,18 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     if (timeout_ms < 0)
         return uv_timer_stop(M.timer) == 0 ? 0 : -1;
     return uv_timer_start(M.timer, on_timer, (uint64_t)timeout_ms, 0) == 0 ? 0 : -1;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION, on every transfer (a connection keeps the one of
+ * the transfer that opened it): the socket's poll handle, parked or not, is closed
+ * while the fd still is this socket, then the socket. 0 | 1 (close failed). */
+static int close_cb(void *clientp, curl_socket_t fd)
+{
+    (void)clientp;
+    sock_ctx *s = sock_find(fd);
+    if (s)
+        sock_release(s);
+    return close(fd) == 0 ? 0 : 1;
 }
 
 static void timer_closed(uv_handle_t *h)
@@ -222,6 +291,8 @@ static int l_curlm_gc(lua_State *L)
         x->active = false;
         x->next = x->prev = NULL;
     }
+    while (M.easy_pooled > 0)
+        curl_easy_cleanup(M.easy_pool[--M.easy_pooled]);
     curl_multi_cleanup(M.multi);
     M.multi = NULL;
     while (M.socks)
@@ -330,7 +401,7 @@ spgb_xfer *spgb_xfer_new(const char *url)
     spgb_xfer *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
-    x->easy = curl_easy_init();
+    x->easy = M.easy_pooled > 0 ? M.easy_pool[--M.easy_pooled] : curl_easy_init();
     if (!x->easy) {
         free(x);
         return NULL;
@@ -348,6 +419,12 @@ spgb_xfer *spgb_xfer_new(const char *url)
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
+    if (curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb) != CURLE_OK) {
+        /* without it a parked poll handle could outlive its socket */
+        curl_easy_cleanup(e);
+        free(x);
+        return NULL;
+    }
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 10L);
@@ -433,7 +510,14 @@ void spgb_xfer_free(spgb_xfer *x)
     if (!x)
         return;
     spgb_curlm_stop(x);
-    curl_easy_cleanup(x->easy);
+    /* Pooled only while the multi lives (its __gc empties the pool); reset drops
+     * every option, this transfer's included, and keeps the handle's memory. */
+    if (M.multi && M.easy_pooled < EASY_POOL_MAX) {
+        curl_easy_reset(x->easy);
+        M.easy_pool[M.easy_pooled++] = x->easy;
+    } else {
+        curl_easy_cleanup(x->easy);
+    }
     curl_slist_free_all(x->headers);
     spgb_buf_free(&x->body);
     spgb_buf_free(&x->head);

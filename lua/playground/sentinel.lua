@@ -150,7 +150,7 @@ function M.new(o)
     store = store, key = M.key(o.cluster_name), nodes = nodes, opts = o,
     init = o.init ~= false, epoch0 = os.time(), mono0 = task.now(),
     last_ok = {}, down = {}, phase = "normal", switch = nil, ticks = 0,
-    history = {},
+    history = {}, times = {},
   }
 end
 
@@ -217,8 +217,22 @@ local function read_doc(state)
   return doc, rev
 end
 
+-- record_tick(state, what): the times of the tick that just wrote (or lost its
+-- compare-and-swap), kept in state.times (the newest 50) for benchmarks: read (the
+-- read of clusterdata starts), read_done, collected (the keepers' status taken),
+-- written (the compare-and-swap answered), what.
+local function record_tick(state, what)
+  local t = state.pending_times
+  if not t then return end
+  state.pending_times = nil
+  t.written, t.what = task.now(), what
+  state.times[#state.times + 1] = t
+  if #state.times > 50 then table.remove(state.times, 1) end
+end
+
 local function write_doc(state, doc, rev, what)
   local ok, err = state.store:cas(state.key, cd.encode(doc), rev)
+  record_tick(state, ok == false and "conflict" or what)
   if ok == nil then return nil, err end
   if ok == false then
     say("info", {event = "sentinel.conflict", msg = "clusterdata changed under us; retry next tick", step = what})
@@ -380,9 +394,13 @@ end
 -- "switched" or "conflict". Task only; yields.
 function M.tick(state)
   state.ticks = state.ticks + 1
+  local t = { read = task.now() }
   local doc, rev = read_doc(state)
+  t.read_done = task.now()
   if doc == nil then return nil, "read clusterdata: " .. tostring(rev) end
   local reports, statuses = collect(state, doc or nil)
+  t.collected = task.now()
+  state.pending_times = t
   if doc == false then
     if not state.init then return nil, "no clusterdata at " .. state.key end
     local d, err = initial_doc(state, statuses)

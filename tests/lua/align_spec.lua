@@ -143,6 +143,12 @@ describe("tick-aligned failover", function()
     assert.is_true(read - r.failkeeper_at < 0.4, ("forceFail %.3f s before the read"):format(read - r.failkeeper_at))
     assert.equals(0, s.conflicts, "the sentinel's compare-and-swap failed: forceFail landed inside its check")
     assert.equals(read, s.reaction.read_at) -- that very read acted on it
+    -- the PAUSE (fake pausers answer at once) came in under its lead: failkeeper
+    -- waited for its own moment and wrote before the predicted read, a margin ahead
+    assert.is_true(r.align.write_wait > 0, tostring(r.align.write_wait))
+    assert.is_true(r.failkeeper_at < r.align.predicted_read,
+      ("forceFail %.3f s after the predicted read"):format(r.failkeeper_at - r.align.predicted_read))
+    assert.is_true(r.align.margin <= 0.010, tostring(r.align.margin))
     -- the report's reaction: the no-master write, seen through the watch
     assert.equals("no_master", r.reaction)
     assert.is_true(math.abs(r.reacted_at - s.reaction.at) < 0.2)
@@ -195,6 +201,7 @@ describe("tick-aligned failover", function()
     assert.is_true(r.ok)
     assert.is_true(r.align.aligned, err)
     assert.matches("event=align_moment_missed", err, 1, true)
+    assert.equals(0, r.align.write_wait) -- the moment had passed: no wait before the write
     -- forceFail right after the last PAUSE answered: no waiting for another moment
     assert.is_true(r.failkeeper_at - r.pause_done_at < 0.2,
       ("forceFail %.3f s after PAUSE"):format(r.failkeeper_at - r.pause_done_at))

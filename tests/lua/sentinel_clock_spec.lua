@@ -59,7 +59,32 @@ describe("sentinel_clock", function()
     local p = assert(c:plan(1.82, 0.05))
     assert.equals(1, p.k)
     assert.near(2.06, p.read, 1e-9)
-    assert.near(sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN * 0.25, p.margin, 1e-9)
+    assert.near(sentinel_clock.BASE_MARGIN, p.margin, 1e-9)
+  end)
+
+  it("keeps the same margin before the next read at any interval: a long sleep only makes the read later", function()
+    local p1 = assert(ticking(4, 1.04, 10):plan(13.2, 0.1))
+    local c = sentinel_clock.new { interval = 0.25 }
+    for i = 0, 4 do c:add(10 + i * 0.29, i) end
+    local p2 = assert(c:plan(11.17, 0.01))
+    assert.equals(1, p1.k)
+    assert.equals(1, p2.k)
+    assert.near(p1.margin, p2.margin, 1e-9)
+    assert.is_true(p1.margin <= 0.010)
+  end)
+
+  it("takes a check longer than the interval, but not a gap of the previous interval", function()
+    local c = sentinel_clock.new { interval = 0.25, previous = 2 }
+    for i, t in ipairs { 0, 0.85, 1.7, 2.58 } do c:add(t, i) end -- checks of 0.6 s (a loaded stand-in)
+    assert(c:learn())
+    assert.near(1.25, c:longest_gap(), 1e-9)
+    c = sentinel_clock.new { interval = 1, previous = 2 }
+    for i, t in ipairs { 0, 2.05, 4.1, 6.15 } do c:add(t, i) end -- still sleeping the previous 2 s
+    local l, why = c:learn()
+    assert.is_nil(l)
+    assert.matches("not one sleepInterval", why, 1, true)
+    assert.near(1.8, c:longest_gap(), 1e-9)
+    assert.near(1.7, sentinel_clock.new({ interval = 1, previous = 1.2 }):longest_gap(), 1e-9)
   end)
 
   it("plans the start a lead and a margin before the next read (last write + interval)", function()
@@ -67,7 +92,7 @@ describe("sentinel_clock", function()
     local p = assert(c:plan(13.2, 0.1))
     assert.equals(1, p.k)
     assert.near(14.12, p.read, 1e-9)
-    local m = sentinel_clock.BASE_MARGIN + sentinel_clock.SLEEP_MARGIN
+    local m = sentinel_clock.BASE_MARGIN
     assert.near(m, p.margin, 1e-9)
     assert.near(14.12 - 0.1 - m, p.start, 1e-9)
   end)
@@ -75,13 +100,13 @@ describe("sentinel_clock", function()
   it("moves to a later read when the next one is too close, with a wider margin", function()
     local c = sentinel_clock.new { interval = 1 }
     for i, t in ipairs { 0, 1.04, 2.06, 3.08 } do c:add(t, i) end -- period 1.02, spread 0.02
-    local p = assert(c:plan(3.94, 0.1)) -- read at 4.08, start 4.08 - 0.035 - 0.1 = 3.945: in time
+    local p = assert(c:plan(3.96, 0.1)) -- read at 4.08, start 4.08 - 0.01 - 0.1 = 3.97: in time
     assert.equals(1, p.k)
-    p = assert(c:plan(4.0, 0.1))
+    p = assert(c:plan(3.98, 0.1))
     assert.equals(2, p.k)
     local l = assert(c:learn())
     assert.near(4.08 + l.period, p.read, 1e-9)
     assert.is_true(p.margin > sentinel_clock.BASE_MARGIN)
-    assert.is_true(p.start >= 4.0)
+    assert.is_true(p.start >= 3.98)
   end)
 end)
