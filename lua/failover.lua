@@ -474,6 +474,9 @@ function M:pause()
   self:align_to_sentinel()
   self.log.info { event = "pgbouncer_pause", msg = "requesting all pgbouncers pause" }
   self.ctx.paused_at = task.now()
+  -- Patroni: the switchover step's re-check of the leader and the candidate reads
+  -- the DCS while the PAUSEs are out, so that read is not on the pause window's path
+  if self.patroni then self.ctx.view_read = task.observed(function() return self:read_view() end) end
   local function pause(c) return c:pause(o.pause_timeout, o.pause_expiry, o.pause_timeout + 2, tie) end
   local res, err = self:each("pgbouncer_pause", pause, "extra")
   if res then res, err = self:each("pgbouncer_pause", pause, "keeper") end
@@ -582,7 +585,15 @@ end
 -- meanwhile and trusts it, not the reply. A refusal (4xx) cancels the failover
 -- with Patroni's words, and its undos run.
 function M:switchover()
-  local view, err = self:read_view()
+  local view, err
+  local pending = self.ctx.view_read
+  self.ctx.view_read = nil
+  if pending then
+    local r = table.pack(pending:wait())
+    if r[1] then view, err = r[2], r[3] else err = r[2] end
+  else
+    view, err = self:read_view()
+  end
   if not view then return nil, err end
   local old = patroni.primary(view)
   if not old or old.name ~= self.ctx.old_master.name then
@@ -913,6 +924,7 @@ function M:run(p)
   for _, s in ipairs(signals) do s:stop() end
   -- Patroni's reply to a switchover that is over changes nothing: stop waiting for it
   if self.ctx.switch_request then self.ctx.switch_request:cancel() end
+  if self.ctx.view_read then self.ctx.view_read:cancel() end
   self:drop_probe_connection()
   self:summary(p, ok, err)
   if not ok then
