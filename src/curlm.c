@@ -17,15 +17,18 @@
 
 /* One uv_poll per socket curl uses. A kept-alive connection's socket is handed to
  * us again for every request on it, and curl drops it (CURL_POLL_REMOVE) after each:
- * the handle is then parked (left watching readability, unreferenced) rather than
- * closed, so a request on a reused connection costs no calloc, ioctl or epoll_ctl
- * (it cost a calloc, an ioctl and two or three epoll_ctl). A parked handle is closed
- * before curl closes its socket (close_cb): libuv's uv_close removes the fd from
- * epoll, which must not happen to a later file that reuses the number. */
+ * the handle is then stopped and parked rather than closed, so a request on a reused
+ * connection costs no calloc and no ioctl, only libuv's epoll DEL and ADD. A parked
+ * handle never stays in epoll: curl 7.88 to 8.1 (Debian 12 has 7.88) closes a socket
+ * whose connect had not completed before it sends the REMOVE, and without the
+ * close-socket callback (curl#11439), so the number may already be closed or be
+ * another file; an epoll_ctl MOD there makes libuv abort(). A parked handle is
+ * closed before curl closes its socket (close_cb), and one found for a socket curl
+ * calls new is started afresh. */
 typedef struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
-    bool parked; /* not assigned in the multi: between transfers */
+    bool parked; /* stopped, not assigned in the multi: between transfers */
     int events;  /* the UV_ mask last started, while active */
     struct sock_ctx *next, *prev;
 } sock_ctx;
@@ -125,8 +128,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     sock_ctx *s = h->data;
     if (s->parked) {
-        /* an idle connection's peer wrote or closed: stop watching (epoll is level
-         * triggered); curl finds the connection dead when it next looks at it */
+        /* stopped at REMOVE: an event from the same epoll batch is not curl's */
         (void)uv_poll_stop(h);
         return;
     }
@@ -204,17 +206,20 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *so
         if (s) {
             if (M.multi)
                 (void)curl_multi_assign(M.multi, fd, NULL); /* fails only for unknown fds */
-            /* Parked: still watched for readability (no epoll_ctl now, none when
-             * the connection is reused), unreferenced so it keeps no loop alive. */
+            /* uv_poll_stop takes the fd out of epoll at once and ignores an fd that
+             * is already closed; it cannot fail */
+            (void)uv_poll_stop(&s->poll);
             s->parked = true;
-            uv_unref((uv_handle_t *)&s->poll);
-            if (sock_watch(s, UV_READABLE) != 0)
-                sock_release(s);
         }
         return 0;
     }
-    if (!s)
-        s = sock_find(fd); /* parked since the last transfer on this connection */
+    if (!s) {
+        /* new to the multi: parked since the last transfer on this connection, or a
+         * handle whose socket curl closed behind our back (its watch is stale) */
+        s = sock_find(fd);
+        if (s && !s->parked)
+            (void)uv_poll_stop(&s->poll);
+    }
     if (!s) {
         s = calloc(1, sizeof *s);
         if (!s)
@@ -229,15 +234,13 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *so
         if (M.socks)
             M.socks->prev = s;
         M.socks = s;
-        s->parked = true;
     }
-    if (s->parked || sockp == NULL) {
+    if (sockp == NULL) {
         if (curl_multi_assign(M.multi, fd, s) != CURLM_OK) {
             sock_release(s);
             return -1;
         }
         s->parked = false;
-        uv_ref((uv_handle_t *)&s->poll);
     }
     int ev = 0;
     if (what & CURL_POLL_IN)

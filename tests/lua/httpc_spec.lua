@@ -65,6 +65,15 @@ describe("httpc", function()
     assert.equals("timeout", code2)
   end)
 
+  -- In a child host: the failure this guards against is an abort() of the process.
+  it("survives requests cancelled or timed out while they connect (curl#11439)", function()
+    local D = require "support.daemon"
+    local code, out, err = D.run({ "run", "tests/lua/support/cancel_connects.lua", "127.0.12.70", "31070",
+      "127.0.12.71", "31071" }, { timeout = 120 })
+    assert.equals(0, code, tostring(err))
+    assert.matches("^ok", out)
+  end)
+
   it("rejects misuse", function()
     assert.has_error(function() httpc.request {} end)
     assert.has_error(function() httpc.request { url = "ftp://x/" } end)
