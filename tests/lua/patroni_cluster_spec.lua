@@ -260,8 +260,16 @@ describe("real Patroni", function()
       for _, a in ipairs { ... } do t[#t + 1] = a end
       return t
     end
-    local code, out, err = D.run(argv("--health-check-only"), { timeout = 30 })
-    assert.equals(0, code, (out or "") .. (err or ""))
+    local code, out, err
+    -- the checks alone, as an operator runs them before the real thing: no PAUSE, no switch
+    for _, mode in ipairs { "--health-check-only", "--dry-run" } do
+      code, out, err = D.run(argv(mode), { timeout = 30 })
+      assert.equals(0, code, (out or "") .. (err or ""))
+      assert.matches("event=checks_passed", err, 1, true)
+      assert.is_nil(err:find("event=pgbouncer_pause", 1, true), mode)
+      assert.is_nil(err:find("event=switchover_requested", 1, true), mode)
+      assert.equals("n1", view().leader)
+    end
     code, out, err = D.run(argv("--candidate", "n9"), { timeout = 30 })
     assert.equals(1, code, out)
     assert.matches("candidate n9 is not a member", err, 1, true)
