@@ -67,6 +67,9 @@ M.flags = common.spec(common.global_flags, common.stolon_flags, common.manager_f
     help = "Learn the sentinel's tick from its clusterdata writes and pause so forceFail lands just before its next read" },
   { name = "write-probe", default = "",
     help = "libpq conninfo template ({{.Host}}, {{.Port}}) for a write on the new master before RESUME" },
+  { name = "routing-timeout", type = "duration", default = "2s",
+    help = "Before RESUME, wait at most this long for PgBouncers that sent clients straight to the old primary "
+      .. "to be re-pointed (0: do not wait)" },
   { name = "report-file", default = "",
     help = "Also write the summary as JSON to this file (times are CLOCK_MONOTONIC seconds)" },
   { name = "allow-session-pooling", type = "bool",
@@ -229,6 +232,19 @@ function M:check_cluster_healthy()
   return true
 end
 
+-- routes_to(health_body, m) -> names of the databases the pauser's PgBouncer sends
+-- straight to m's host and port (SHOW DATABASES, as /health reports it).
+local function routes_to(body, m)
+  local names = {}
+  if not m or not m.host or type(body) ~= "table" or type(body.databases) ~= "table" then return names end
+  for _, db in ipairs(body.databases) do
+    if type(db) == "table" and db.host == m.host and tostring(db.port) == tostring(m.port or "5432") then
+      names[#names + 1] = tostring(db.name)
+    end
+  end
+  return names
+end
+
 -- Each pauser's round trip is kept (the slowest per round: extra, keeper) as the
 -- measure of what a PAUSE will take, for align_to_sentinel.
 function M:health_check_clients()
@@ -243,8 +259,11 @@ function M:health_check_clients()
     return body, herr, code
   end)
   if not res then return nil, err end
+  self.ctx.old_routes = {}
   for i, r in ipairs(res) do
     local body = r[1]
+    local names = routes_to(body, self.ctx.old_master)
+    if #names > 0 then self.ctx.old_routes[i] = names end
     local cfg = body.config or {}
     if cfg.pool_mode == "session" and not self.opts.allow_session_pooling then
       return nil, ("%s: PgBouncer uses pool_mode=session, where PAUSE waits for every client to disconnect "
@@ -255,6 +274,52 @@ function M:health_check_clients()
         msg = "a login that fails against the old primary stalls clients this many seconds after RESUME" }
     end
   end
+  return true
+end
+
+-- wait_for_routing: a PgBouncer that sent a database straight to the old primary
+-- before the pause is re-pointed by its supervise when the manager's record
+-- changes, at the same moment this failover sees it. Resuming before that RELOAD
+-- makes PgBouncer log in to the old primary while it is shut down or restarted
+-- (Patroni restarts it as a replica at once), and every client waiting on it gets
+-- "server login has been failing" for server_login_retry. Wait until each such
+-- PgBouncer routes elsewhere, at most --routing-timeout; past that, resume anyway
+-- with a warning (never worse than not waiting).
+function M:wait_for_routing()
+  local limit = self.opts.routing_timeout or 0
+  local tracked = self.ctx.old_routes or {}
+  if limit <= 0 or next(tracked) == nil then return true end
+  local old = self.ctx.old_master
+  local deadline = task.now() + math.min(limit, math.max(0, self:remaining()))
+  local fns = {}
+  for i, names in pairs(tracked) do
+    local c = self.pausers[i]
+    fns[#fns + 1] = function()
+      local t0 = task.now()
+      local still = names
+      repeat
+        local body = c:health(math.max(0.2, deadline - task.now()))
+        if body then
+          still = {}
+          local now = {}
+          for _, n in ipairs(routes_to(body, old)) do now[n] = true end
+          for _, n in ipairs(names) do
+            if now[n] then still[#still + 1] = n end
+          end
+          if #still == 0 then
+            self.log.info { event = "routed", endpoint = c.name, waited = ("%.4f"):format(task.now() - t0) }
+            return true
+          end
+        end
+        task.sleep(0.01)
+      until task.now() >= deadline
+      self.log.warn { event = "routing_timeout", endpoint = c.name, databases = table.concat(still, ","),
+        old_master = self.model.describe(old),
+        msg = "still routed to the old primary; resuming anyway (is its supervise following the cluster?)" }
+      return true
+    end
+  end
+  task.all(fns)
   return true
 end
 

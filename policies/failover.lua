@@ -56,4 +56,8 @@ p:step("wait_for_recovery", f:step "wait_for_recovery")
 -- 6. Optional (--write-probe): a write through the new master before anything resumes.
 p:step("write_probe", f:step "write_probe")
 
+-- 7. PgBouncers that sent clients straight to the old primary: wait (--routing-timeout)
+-- until their supervise has re-pointed them, so no RESUME sends a login there.
+p:step("wait_for_routing", f:step "wait_for_routing")
+
 return f:run(p)

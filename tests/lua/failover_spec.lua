@@ -160,7 +160,7 @@ describe("failover", function()
     local events = {}
     for ev in err:gmatch("event=([%w_%.]+)") do events[#events + 1] = ev end
     local want = { "check_cluster_healthy", "clients_health_check", "etcd_lock_acquire", "apply_short_sleep_interval",
-      "pgbouncer_pause", "failkeeper", "write_probe", "pgbouncer_resume", "restore_sleep_interval",
+      "pgbouncer_pause", "failkeeper", "write_probe", "routed", "pgbouncer_resume", "restore_sleep_interval",
       "etcd_lock_release", "failover_summary" }
     local pos = 0
     for _, w in ipairs(want) do

@@ -222,6 +222,8 @@ describe("real Patroni", function()
     assert.matches("n2 .- %-> new master n1", out)
     -- the probe's connection to the candidate was opened while Patroni switched
     assert.matches("event=write_probe[^\n]*connection=preconnected", err)
+    -- the proxy routed straight to n2's PostgreSQL: RESUME waited for its RELOAD
+    assert.matches("event=routed[^\n]*endpoint=" .. PROXY:gsub("%.", "%%."), err)
     assert.is_nil(err:find(AUTH.password, 1, true))
   end)
 
