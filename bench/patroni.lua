@@ -206,7 +206,7 @@ local function main()
   res:row { figure = "· ours (window - Patroni's part), median", unit = "ms", value = B.ms(O.median),
     goal = "<= 50 ms", met = O.median ~= nil and O.median <= 0.050 }
   res:row { figure = "· ours, worst", unit = "ms", value = B.ms(O.max) }
-  for _, step in ipairs { "pause", "switchover", "write_probe", "resume" } do
+  for _, step in ipairs { "pause", "switchover", "write_probe", "wait_for_routing", "resume" } do
     res:row { figure = ("· · of ours: the %s step, median"):format(step), unit = "ms",
       value = B.ms(stats("ours", "step_" .. step).median) }
   end
