@@ -57,10 +57,14 @@ up() {
   rm -f "$STATE/ready" "$STATE/try" "$STATE/env" "$STATE/pids" "$STATE/pids.last"
   echo "playground: booting etcd, 3 PostgreSQL nodes, a PgBouncer + pauser per node, a proxy PgBouncer ..."
   setsid "$BIN" run examples/playground.lua "$STATE" </dev/null >"$STATE/holder.log" 2>&1 &
-  echo $! >"$STATE/holder.pid"
+  holder=$!
+  echo "$holder" >"$STATE/holder.pid"
   i=0
   while [ ! -f "$STATE/ready" ]; do
-    if [ -z "$(holder_pid)" ]; then
+    # our own child, so alive is enough (not holder_pid's cmdline test: until the
+    # child has exec'd, its cmdline is still this shell's, and a loaded machine
+    # showed that as "exited")
+    if [ -z "$(start_time "$holder")" ]; then
       echo "playground: the holder exited before the cluster was up; its log:" >&2
       tail -30 "$STATE/holder.log" >&2
       return 1
