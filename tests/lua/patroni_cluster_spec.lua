@@ -51,7 +51,10 @@ describe("real Patroni", function()
     write(yml, patroni_yaml(name))
     local argv = { "patroni", yml, stdout = "file:" .. dir .. "/" .. name .. ".log",
       stderr = "file:" .. dir .. "/" .. name .. ".log" }
-    if P.is_root() then argv.user = "postgres" end
+    -- as root, Patroni runs as postgres, which cannot enter a checkout in /root: its
+    -- bootstrap's multiprocessing child then dies in its start-up and the bootstrap
+    -- never ends. Its own folder is its working directory, as in the playground.
+    if P.is_root() then argv.user, argv.cwd = "postgres", dir end
     members[name] = assert(proc.spawn(argv))
   end
 
@@ -126,7 +129,7 @@ describe("real Patroni", function()
         p:wait(5)
       end
       local argv = { P.bindir .. "/pg_ctl", "stop", "-m", "immediate", "-D", dir .. "/" .. name }
-      if P.is_root() then argv.user = "postgres" end
+      if P.is_root() then argv.user, argv.cwd = "postgres", dir end
       proc.run(argv)
     end
     if etcd_srv then etcd_srv:stop() end

@@ -35,8 +35,10 @@ function M.is_root()
   return is_root_cache
 end
 
+-- as_user(argv): as root, run as postgres, from a folder that user can enter (a
+-- checkout in /root is not one)
 local function as_user(argv)
-  if M.is_root() then argv.user = "postgres" end
+  if M.is_root() then argv.user, argv.cwd = "postgres", argv.cwd or "/tmp" end
   return argv
 end
 
