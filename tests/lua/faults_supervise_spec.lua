@@ -9,6 +9,7 @@
 local P = require "support.pg"
 local D = require "support.daemon"
 local E = require "support.etcd"
+local T = require "support.template"
 local CD = require "playground.clusterdata"
 local etcd = require "etcd"
 local http = require "http"
@@ -35,29 +36,8 @@ local function clusterdata(i)
 end
 
 local function template_text(o, marker)
-  return table.concat({
-    "; " .. marker,
-    "[databases]",
-    "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
-    "",
-    "[pgbouncer]",
-    "listen_addr = 127.0.3.1",
-    "listen_port = " .. o.port,
-    "unix_socket_dir = " .. o.dir,
-    "auth_type = trust",
-    "auth_file = " .. o.dir .. "/userlist.txt",
-    "admin_users = pgbouncer",
-    "pool_mode = transaction",
-    "server_login_retry = 1",
-    "max_client_conn = 100",
-    "default_pool_size = 5",
-    "log_connections = 0",
-    "log_disconnections = 0",
-    "logfile = " .. o.dir .. "/pgbouncer.log",
-    "pidfile = " .. o.dir .. "/pgbouncer.pid",
-    "ignore_startup_parameters = extra_float_digits",
-    "",
-  }, "\n")
+  return T.pgbouncer { head = "; " .. marker, dir = o.dir, host = "127.0.3.1", port = o.port,
+    settings = { "max_client_conn = 100", "default_pool_size = 5", "log_connections = 0", "log_disconnections = 0" } }
 end
 
 local Sup = {}

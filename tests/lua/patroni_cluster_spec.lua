@@ -8,6 +8,7 @@
 local D = require "support.daemon"
 local E = require "support.etcd"
 local P = require "support.pg"
+local T = require "support.template"
 local PT = require "support.patroni"
 local fs = require "fs"
 local loadgen = require "playground.load"
@@ -162,11 +163,8 @@ describe("real Patroni", function()
   it("supervise --manager patroni follows a Patroni switchover with one RELOAD", function()
     D.write_file(dir .. "/userlist.txt", '"pgbouncer" ""\n"postgres" ""\n')
     write(dir .. "/pgbouncer.ini.template", PT.pgbouncer_template { dir = dir, host = PROXY, port = BOUNCER_PORT })
-    sv = D.start({ "supervise", "--manager", "patroni", "--patroni-scope", SCOPE, "--store-endpoints", endpoint,
-      "--pgbouncer-config-file", dir .. "/pgbouncer.ini", "--pgbouncer-config-template-file",
-      dir .. "/pgbouncer.ini.template", "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(BOUNCER_PORT),
-      "--pgbouncer-binary", P.pgbouncer, "--metrics-port", "0", "--poll-interval", "5s",
-      "--termination-grace-period", "0s" }, { as_postgres = true })
+    sv = D.start(T.supervise_argv({ dir = dir, port = BOUNCER_PORT }, { "--manager", "patroni", "--patroni-scope",
+      SCOPE, "--store-endpoints", endpoint, "--metrics-port", "0", "--poll-interval", "5s" }), { as_postgres = true })
     assert(D.eventually(15, function() return db_host() == NODES.n1 end), "PgBouncer not at n1: " .. sv:logs())
     local v = view()
     local status = patroni.request_switch(v.members.n1, v.members.n2, { timeout = 30, auth = AUTH })

@@ -7,6 +7,7 @@
 local D = require "support.daemon"
 local E = require "support.etcd"
 local P = require "support.pg"
+local T = require "support.template"
 local PT = require "support.patroni"
 local cjson = require "cjson"
 local fs = require "fs"
@@ -83,11 +84,9 @@ describe("supervise --manager patroni", function()
     put("config", cjson.encode { ttl = 10, loop_wait = 1 })
     put("members/a", member(HOST_A, "replica"))
     put("members/b", member(HOST_B, "replica"))
-    sv = D.start({ "supervise", "--manager", "patroni", "--patroni-scope", SCOPE, "--store-endpoints", endpoint,
-      "--pgbouncer-config-file", dir .. "/pgbouncer.ini", "--pgbouncer-config-template-file",
-      dir .. "/pgbouncer.ini.template", "--pgbouncer-socket-dir", dir, "--pgbouncer-port", tostring(BOUNCER_PORT),
-      "--pgbouncer-binary", P.pgbouncer, "--metrics-port", "0", "--poll-interval", "5s",
-      "--termination-grace-period", "0s", "--pgbouncer-retry-timeout", "1s" }, { as_postgres = true })
+    sv = D.start(T.supervise_argv({ dir = dir, port = BOUNCER_PORT }, { "--manager", "patroni", "--patroni-scope",
+      SCOPE, "--store-endpoints", endpoint, "--metrics-port", "0", "--poll-interval", "5s",
+      "--pgbouncer-retry-timeout", "1s" }), { as_postgres = true })
     assert(D.eventually(10, function() return sv:logs():find("reason=no_leader", 1, true) end),
       "supervise did not see the leaderless scope: " .. tostring(sv:logs()))
     -- a leader key whose member is still a replica (taken, not yet promoted) is no primary

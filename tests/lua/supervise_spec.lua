@@ -6,6 +6,7 @@
 local D = require "support.daemon"
 local E = require "support.etcd"
 local P = require "support.pg"
+local T = require "support.template"
 local fs = require "fs"
 local http = require "http"
 local pg = require "pg"
@@ -78,34 +79,16 @@ describe("supervise", function()
 
   -- o: {port=, dir=, socket_dir=} of a PgBouncer other than the suite's main one
   local function template_text(extra_float_digits, body, o)
-    local port, d = o and o.port or bouncer_port, o and o.dir or dir
-    return table.concat({
-      "[databases]",
-      body or "postgres = host={{.Host}} port={{.Port}} dbname=postgres",
-      "",
-      "[pgbouncer]",
-      "listen_addr = " .. BOUNCER_HOST,
-      "listen_port = " .. port,
-      "unix_socket_dir = " .. (o and o.socket_dir or d),
-      "auth_type = trust",
-      "auth_file = " .. d .. "/userlist.txt",
-      "admin_users = pgbouncer",
-      "pool_mode = transaction",
-      "server_login_retry = 1",
-      "logfile = " .. d .. "/pgbouncer.log",
-      (o and o.no_pidfile) and "" or "pidfile = " .. d .. "/pgbouncer.pid",
-      extra_float_digits and "ignore_startup_parameters = extra_float_digits" or "",
-      "",
-    }, "\n")
+    return T.pgbouncer { dir = o and o.dir or dir, host = BOUNCER_HOST, port = o and o.port or bouncer_port,
+      socket_dir = o and o.socket_dir, databases = body, no_pidfile = o and o.no_pidfile,
+      extra_float_digits = extra_float_digits }
   end
 
   local function supervise_args(config, tmpl, port, socket_dir)
-    return { "supervise", "--cluster-name", CLUSTER, "--store-endpoints", endpoint,
-      "--pgbouncer-config-file", config, "--pgbouncer-config-template-file", tmpl,
-      "--pgbouncer-socket-dir", socket_dir or dir, "--pgbouncer-port", tostring(port or bouncer_port),
-      "--pgbouncer-binary", P.pgbouncer, "--metrics-address", BOUNCER_HOST, "--metrics-port",
-      tostring(port and 0 or metrics_port), "--poll-interval", "5s", "--termination-grace-period", "0s",
-      "--termination-poll-interval", "300ms", "--pgbouncer-retry-timeout", "1s" }
+    return T.supervise_argv({ config = config, template = tmpl, socket_dir = socket_dir or dir,
+      port = port or bouncer_port }, { "--cluster-name", CLUSTER, "--store-endpoints", endpoint,
+      "--metrics-address", BOUNCER_HOST, "--metrics-port", tostring(port and 0 or metrics_port),
+      "--poll-interval", "5s", "--termination-poll-interval", "300ms", "--pgbouncer-retry-timeout", "1s" })
   end
 
   setup(function()

@@ -24,24 +24,8 @@ end
 -- pgbouncer_template{dir=, host=, port=, comment=}: dir holds userlist.txt, the
 -- log, the pidfile and the unix socket; comment is an extra line for [databases].
 function M.pgbouncer_template(o)
-  return table.concat({
-    "[databases]",
-    "postgres = host={{.Host}} port={{.Port}} dbname=postgres user=postgres",
-    o.comment or "",
-    "[pgbouncer]",
-    "listen_addr = " .. o.host,
-    "listen_port = " .. o.port,
-    "unix_socket_dir = " .. o.dir,
-    "auth_type = trust",
-    "auth_file = " .. o.dir .. "/userlist.txt",
-    "admin_users = pgbouncer",
-    "pool_mode = transaction",
-    "server_login_retry = 1",
-    "logfile = " .. o.dir .. "/pgbouncer.log",
-    "pidfile = " .. o.dir .. "/pgbouncer.pid",
-    "ignore_startup_parameters = extra_float_digits",
-    "",
-  }, "\n")
+  return require("support.template").pgbouncer { dir = o.dir, host = o.host, port = o.port,
+    databases = "postgres = host={{.Host}} port={{.Port}} dbname=postgres user=postgres", database_extra = o.comment }
 end
 
 return M
