@@ -23,10 +23,7 @@ local PREFIX = os.getenv("ACCEPTANCE_HOST_PREFIX") or "127.0.1."
 local ETCD_PORT = tonumber(os.getenv("ACCEPTANCE_ETCD_PORT") or "22470")
 local BASE = tonumber(os.getenv("ACCEPTANCE_PORT_BASE") or "0")
 
-local function say(fmt, ...)
-  io.stderr:write(("[acceptance] " .. fmt .. "\n"):format(...))
-  io.stderr:flush()
-end
+local say = A.sayer("acceptance")
 
 local function show(t)
   local parts = {}
@@ -39,10 +36,8 @@ local step_status = A.step_status
 
 describe("acceptance on the playground", function()
   local c
-  local t_it
-
-  setup(function()
-    local t0 = task.now()
+  local hooks = { setup = setup, teardown = teardown, before_each = before_each, after_each = after_each }
+  A.shared_playground(hooks, say, function()
     local err
     c, err = cluster.boot {
       cluster_name = "acceptance",
@@ -57,21 +52,8 @@ describe("acceptance on the playground", function()
       fail_interval = "3s",
       keep = os.getenv("ACCEPTANCE_KEEP") == "1",
     }
-    assert(c, "playground boot: " .. tostring(err))
-    A.prepare(c)
-    say("playground ready in %.1f s (folder %s)", task.now() - t0, c.base)
+    return c, err
   end)
-
-  teardown(function()
-    if c then c:stop() end
-  end)
-
-  -- a scenario that failed half-way must not fail the next one
-  before_each(function()
-    A.wait_healthy(c, 90)
-    t_it = task.now()
-  end)
-  after_each(function() say("scenario done in %.1f s", task.now() - t_it) end)
 
   it("1. a failover succeeds and every PgBouncer then reaches the new primary", function()
     local old = assert(c:primary())

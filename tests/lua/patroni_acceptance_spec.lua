@@ -20,10 +20,7 @@ local task = require "task"
 
 local PREFIX = "127.0.11."
 
-local function say(fmt, ...)
-  io.stderr:write(("[patroni acceptance] " .. fmt .. "\n"):format(...))
-  io.stderr:flush()
-end
+local say = A.sayer("patroni acceptance")
 
 local step_status = A.step_status
 
@@ -74,10 +71,8 @@ end
 
 describe("acceptance on the Patroni playground", function()
   local c
-  local t_it
-
-  setup(function()
-    local t0 = task.now()
+  local hooks = { setup = setup, teardown = teardown, before_each = before_each, after_each = after_each }
+  A.shared_playground(hooks, say, function()
     local err
     c, err = playground.boot {
       scope = "acceptance",
@@ -86,20 +81,8 @@ describe("acceptance on the Patroni playground", function()
       etcd_port = 30379, pg_port = 30432, bouncer_port = 30532, pauser_port = 30180, api_port = 30008,
       metrics_port = 30546, https = true, keep = os.getenv("PATRONI_ACCEPTANCE_KEEP") == "1",
     }
-    assert(c, "playground boot: " .. tostring(err))
-    A.prepare(c)
-    say("playground ready in %.1f s (folder %s)", task.now() - t0, c.base)
+    return c, err
   end)
-
-  teardown(function()
-    if c then c:stop() end
-  end)
-
-  before_each(function()
-    A.wait_healthy(c, 90)
-    t_it = task.now()
-  end)
-  after_each(function() say("scenario done in %.1f s", task.now() - t_it) end)
 
   it("the REST API is HTTPS with basic auth, and the failover verifies its certificate", function()
     local p = patroni.primary(assert(c:view()))

@@ -243,6 +243,39 @@ function M.prepare(c)
   assert(pgnode.query(c:primary(), "GRANT ALL ON acceptance TO app", "app"))
 end
 
+-- sayer(tag) -> say(fmt, ...): a progress line "[tag] ..." on stderr, at once
+function M.sayer(tag)
+  return function(fmt, ...)
+    io.stderr:write(("[" .. tag .. "] " .. fmt .. "\n"):format(...))
+    io.stderr:flush()
+  end
+end
+
+-- shared_playground(hooks, say, boot): one playground for the whole file. hooks =
+-- busted's {setup=, teardown=, before_each=, after_each=} (a required module does
+-- not see the spec's); boot() -> c | nil, err. setup boots and prepares it, teardown
+-- stops it, and each scenario starts once it is healthy again, so a scenario that
+-- failed half-way does not fail the next one.
+function M.shared_playground(hooks, say, boot)
+  local c, t_it
+  hooks.setup(function()
+    local t0 = task.now()
+    local err
+    c, err = boot()
+    assert(c, "playground boot: " .. tostring(err))
+    M.prepare(c)
+    say("playground ready in %.1f s (folder %s)", task.now() - t0, c.base)
+  end)
+  hooks.teardown(function()
+    if c then c:stop() end
+  end)
+  hooks.before_each(function()
+    M.wait_healthy(c, 90)
+    t_it = task.now()
+  end)
+  hooks.after_each(function() say("scenario done in %.1f s", task.now() - t_it) end)
+end
+
 -- step_status(out, name) -> the status of step name in the failover's summary
 -- ("  step    pause   12.3 ms  failed  ...") | nil when it did not run
 function M.step_status(out, name)
