@@ -830,13 +830,14 @@ function M:write_probe()
     if rerr then return nil, rerr end
     return true
   end
+  -- take the pre-opened connection and stop its task (it may still be connecting)
   local pre = self.ctx.probe_conn
   self.ctx.probe_conn = nil
   self:drop_probe_connection()
-  if pre then
-    if pre.host == m.host and pre.port == m.port and self:probe_once(pre.conn, m, "preconnected") then
-      return true
-    end
+  if pre and pre.host == m.host and pre.port == m.port then
+    -- probe_once closes the connection, whatever the answer
+    if self:probe_once(pre.conn, m, "preconnected") then return true end
+  elseif pre then
     pre.conn:close()
   end
   local pg = require "pg"
