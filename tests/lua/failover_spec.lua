@@ -196,6 +196,34 @@ describe("failover", function()
     assert.is_true((lock_free()))
   end)
 
+  it("wait_for_routing: a PgBouncer nobody re-points delays RESUME by --routing-timeout only", function()
+    wait_healthy()
+    local old = c:primary()
+    -- a node PgBouncer whose supervise is frozen keeps sending clients to the old
+    -- primary: the failover waits for it, gives up after the timeout, resumes
+    local b = c.bouncers[1]
+    assert.equals(old.host, server_addr(b.host, b.port))
+    b.supervise:signal("STOP")
+    local ok, code, out, err = pcall(failover, { "--routing-timeout", "1s" })
+    b.supervise:signal("CONT")
+    assert(ok, code)
+    assert.equals(0, code, err)
+    assert.matches("failover succeeded", out, 1, true)
+    local line = err:match("[^\n]*event=routing_timeout[^\n]*")
+    assert(line, "no routing_timeout event in: " .. err)
+    assert.matches("databases=app", line, 1, true)
+    assert.matches(old.host, line, 1, true)
+    -- the other PgBouncers were re-pointed and waited for
+    assert.matches("event=routed", err, 1, true)
+    -- the step waited the whole timeout (a lower bound only: the machine is shared)
+    local ms = tonumber(out:match("step%s+wait_for_routing%s+([%d%.]+) ms%s+ok"))
+    assert(ms and ms >= 900, "wait_for_routing did not wait for the timeout: " .. out)
+    -- thawed, its supervise re-points it
+    local new = c:primary()
+    assert(D.eventually(15, function() return server_addr(b.host, b.port) == new.host end),
+      "the thawed supervise did not re-point its PgBouncer")
+  end)
+
   it("check_cluster_healthy: refuses an unhealthy cluster and changes nothing", function()
     -- unhealthy-async.json under another cluster name in the same etcd: no pausers
     local text = assert(fs.read("tests/fixtures/stolon/unhealthy-async.json"))
