@@ -9,6 +9,7 @@
 -- follows, nil for a primary), proc= (running postmaster)}.
 -- All functions yield (they run programs or query the server): call them in a task.
 -- Operational failures return nil, message; every wait is bounded.
+local cjson = require "cjson.safe"
 local proc = require "proc"
 local task = require "task"
 local has_pg, pg = pcall(require, "pg")
@@ -531,9 +532,11 @@ function M.lsn_to_number(lsn)
 end
 
 -- M.status(node) -> {healthy=, in_recovery=, lsn=, xlogpos=, timeline=, system_id=,
--- replication={{application_name=, state=, sync_state=}, ...}, receiver={status=,
--- sender_host=, sender_port=}|nil, sync_names=} or {healthy=false, error=}.
--- Never raises for a down node.
+-- replication={{application_name=, state=, sync_state=, replay_lsn=}, ...},
+-- receiver={status=, sender_host=, sender_port=}|nil, sync_names=} or
+-- {healthy=false, error=}. One connection and one query (the sentinel takes every
+-- node's status on each check: a check that costs three connections a node is one
+-- no real sentinel has). Never raises for a down node.
 function M.status(node)
   local r, err = query1(node, [[
     SELECT pg_is_in_recovery() AS in_recovery,
@@ -545,9 +548,19 @@ function M.status(node)
            END AS timeline,
            (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_timeline,
            (SELECT system_identifier FROM pg_control_system())::text AS system_id,
-           current_setting('synchronous_standby_names') AS sync_names]])
+           current_setting('synchronous_standby_names') AS sync_names,
+           (SELECT coalesce(json_agg(json_strip_nulls(json_build_object('application_name', application_name,
+                     'state', state, 'sync_state', sync_state, 'replay_lsn', replay_lsn::text))
+                     ORDER BY application_name), '[]')
+              FROM pg_stat_replication) AS replication,
+           CASE WHEN pg_is_in_recovery() THEN
+             (SELECT json_strip_nulls(json_build_object('status', status, 'sender_host', sender_host,
+                     'sender_port', sender_port::text))
+                FROM pg_stat_wal_receiver) END AS receiver]])
   if not r then return {healthy = false, error = err} end
-  local st = {
+  local replication = cjson.decode(r.replication or "[]")
+  if type(replication) ~= "table" then return {healthy = false, error = "unreadable pg_stat_replication"} end
+  return {
     healthy = true,
     in_recovery = r.in_recovery == "t",
     lsn = r.lsn,
@@ -555,18 +568,9 @@ function M.status(node)
     timeline = tonumber(r.timeline) or tonumber(r.checkpoint_timeline),
     system_id = r.system_id,
     sync_names = r.sync_names,
-    replication = {},
+    replication = replication,
+    receiver = r.receiver and cjson.decode(r.receiver) or nil,
   }
-  local rows
-  rows, err = M.query(node, "SELECT application_name, state, sync_state, "
-                      .. "replay_lsn::text AS replay_lsn FROM pg_stat_replication ORDER BY application_name")
-  if not rows then return {healthy = false, error = err} end
-  for i, row in ipairs(rows) do st.replication[i] = row end
-  if st.in_recovery then
-    rows = M.query(node, "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver")
-    st.receiver = rows and rows[1]
-  end
-  return st
 end
 
 return M

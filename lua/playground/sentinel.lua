@@ -174,14 +174,20 @@ local function collect(state, doc)
   local now = task.now()
   local fail = doc and cd.fail_interval(doc) or 20
   local reports, statuses = {}, {}
-  for _, uid in ipairs(sorted_keys(state.nodes)) do
-    local node = state.nodes[uid]
-    local st
-    if state.down[uid] then
-      st = {healthy = false, error = "stopped by the sentinel"}
-    else
-      st = pgnode.status(node)
+  local uids = sorted_keys(state.nodes)
+  -- every node at once, as stolon's keepers each report their own: the check takes
+  -- as long as the slowest node, not the sum
+  local fns = {}
+  for i, uid in ipairs(uids) do
+    fns[i] = function()
+      if state.down[uid] then return {healthy = false, error = "stopped by the sentinel"} end
+      return pgnode.status(state.nodes[uid])
     end
+  end
+  local results = task.all(fns)
+  for i, uid in ipairs(uids) do
+    local node = state.nodes[uid]
+    local st = results[i][1] or {healthy = false, error = tostring(results[i].error)}
     statuses[uid] = st
     if st.healthy then state.last_ok[uid] = now end
     state.last_ok[uid] = state.last_ok[uid] or now
