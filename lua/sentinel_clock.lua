@@ -12,7 +12,7 @@
 --
 --   local c = sentinel_clock.new { interval = 1 }   -- S, the interval the sentinel uses
 --   c:add(task.now(), kv.mod_revision)                -- on each write seen
---   local l, why = c:learn()      -- {period=, spread=, last=, gaps=} | nil, why
+--   local l, why = c:learn()      -- {period=, spread=, last=, gaps=, late=} | nil, why
 --   local plan = c:plan(task.now(), lead)            -- {start=, read=, k=, margin=} | nil, why
 local M = {}
 M.__index = M
@@ -21,7 +21,8 @@ M.MIN_GAPS = 3 -- regular gaps (MIN_GAPS + 1 writes) before the period counts as
 M.MAX_GAPS = 8 -- the newest gaps used; older ones may predate the short interval
 -- Seconds before the predicted read, for what can make the read come earlier than
 -- last arrival + S: our watch delivering the sentinel's write late (0-3 ms seen on a
--- loaded 2-core VM), the sentinel's timer firing on a stale loop clock, our own timer.
+-- loaded 2-core VM; a delivery tens of ms late is caught by learn, below), the
+-- sentinel's timer firing on a stale loop clock, our own timer.
 -- Nothing proportional to S: a sentinel's sleep that overshoots (and the stand-in's
 -- read of the interval after its write) only makes the read later, which costs
 -- waiting, never a period. The write's own latency is the caller's lead.
@@ -74,7 +75,9 @@ local function show(gaps)
   return table.concat(out, " ")
 end
 
--- c:learn() -> {period=, spread=, last=, gaps=} | nil, why. Uses the newest run of
+-- c:learn() -> {period=, spread=, last=, gaps=, late=} | nil, why. last: the write the
+-- next read is S after (see below; late = by how much the last write came later than
+-- the period, when the one before anchors instead). Uses the newest run of
 -- gaps that each look like one check plus one sleep of S (between 0.9 S and
 -- longest_gap()); needs MIN_GAPS of them. spread is the largest distance of one gap
 -- from their median: how much the check's length varies. It does not move the next
@@ -98,12 +101,25 @@ function M:learn()
       :format(show(all), S)
   end
   local period = median(gaps)
-  local spread = 0
-  for _, g in ipairs(gaps) do spread = math.max(spread, math.abs(g - period)) end
-  return { period = period, spread = spread, last = a[#a], gaps = #gaps }
+  local spread, spread_before = 0, 0
+  for i, g in ipairs(gaps) do
+    spread = math.max(spread, math.abs(g - period))
+    if i < #gaps then spread_before = math.max(spread_before, math.abs(g - period)) end
+  end
+  -- The anchor of the next read: the last write's arrival, unless that write came
+  -- later than any check before it explains. Then either its check was long (its
+  -- read still comes S after it: the earlier anchor costs some waiting) or we saw it
+  -- late (our watch, etcd under load: 88 ms seen at 250ms), and its read does not
+  -- wait for us (the later anchor costs a whole period). Take the earlier one.
+  local last, late = a[#a], nil
+  local excess = gaps[#gaps] - period
+  if excess > math.max(2 * M.BASE_MARGIN, spread_before) then
+    last, late = a[#a - 1] + period, excess
+  end
+  return { period = period, spread = spread, last = last, gaps = #gaps, late = late }
 end
 
--- c:plan(now, lead) -> {start=, read=, k=, margin=, period=} | nil, why. read: the k-th
+-- c:plan(now, lead) -> {start=, read=, k=, margin=, period=, late=} | nil, why. read: the k-th
 -- predicted read after the last write (last + S + (k - 1) period), the first one with
 -- start = read - margin - lead >= now; lead: what must happen between start and the
 -- forceFail being in etcd (the PAUSE and the failkeeper write). margin: BASE_MARGIN,
@@ -117,7 +133,8 @@ function M:plan(now, lead)
     local margin = M.BASE_MARGIN + l.spread * math.sqrt(k - 1)
     local start = read - margin - lead
     if start >= now then
-      return { start = start, read = read, k = k, margin = margin, period = l.period, spread = l.spread }
+      return { start = start, read = read, k = k, margin = margin, period = l.period, spread = l.spread,
+        late = l.late }
     end
   end
   return nil, "no read predicted within 1000 periods"

@@ -62,6 +62,27 @@ describe("sentinel_clock", function()
     assert.near(sentinel_clock.BASE_MARGIN, p.margin, 1e-9)
   end)
 
+  it("plans from the write before when the last one came later than any check explains", function()
+    -- bench/failover.lua, 250ms: the stand-in wrote at -326 ms, the failover saw it at
+    -- -238 ms; planned from what it saw, forceFail came after the read (a period lost)
+    local c = sentinel_clock.new { interval = 0.25 }
+    for i, t in ipairs { 0, 0.306, 0.611, 0.901, 1.196, 1.613 } do c:add(t, i) end
+    local l = assert(c:learn())
+    assert.near(0.305, l.period, 1e-9)
+    assert.near(1.196 + 0.305, l.last, 1e-9)
+    assert.near(1.613 - 1.196 - 0.305, l.late, 1e-9)
+    local p = assert(c:plan(1.62, 0.08))
+    assert.equals(1, p.k)
+    assert.near(1.196 + 0.305 + 0.25, p.read, 1e-9)
+    assert.near(l.late, p.late, 1e-9)
+    -- a last gap within the earlier checks' spread (or 20 ms) anchors on the last write
+    c = sentinel_clock.new { interval = 0.25 }
+    for i, t in ipairs { 0, 0.306, 0.611, 0.901, 1.196, 1.51 } do c:add(t, i) end
+    l = assert(c:learn())
+    assert.near(1.51, l.last, 1e-9)
+    assert.is_nil(l.late)
+  end)
+
   it("keeps the same margin before the next read at any interval: a long sleep only makes the read later", function()
     local p1 = assert(ticking(4, 1.04, 10):plan(13.2, 0.1))
     local c = sentinel_clock.new { interval = 0.25 }
