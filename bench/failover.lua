@@ -130,6 +130,12 @@ local function sentinel_ticks(fr)
   local out = { conflicts = 0, sequence = {} }
   if not fr.failkeeper_at then return out end
   for _, t in ipairs(c.sentinel_state.times) do
+    -- the last tick answered before forceFail's write: when aligned, the one before
+    -- the read aimed at (its read and write, ms from forceFail's write answered)
+    if t.written <= fr.failkeeper_at then
+      out.prev = ("%s read %.0f written %.0f"):format(t.what, (t.read - fr.failkeeper_at) * 1e3,
+        (t.written - fr.failkeeper_at) * 1e3)
+    end
     if t.written > fr.failkeeper_at and t.read < (fr.recovered_at or math.huge) then
       out.sequence[#out.sequence + 1] = ("%s@%.0f(check %.0f)"):format(t.what, (t.written - fr.failkeeper_at) * 1e3,
         (t.written - t.read) * 1e3)
@@ -216,6 +222,12 @@ local function one_run(mode, i)
     s_before_read = tick.before_read, s_check = tick.check, s_write = tick.write, s_seen = tick.seen,
     s_conflicts = tick.conflicts, s_read_error = tick.read_error, s_read = tick.read, s_ticks = tick.sequence,
     s_reaction_check = tick.read and (tick.read + tick.check + tick.write + (tick.seen or 0)),
+    s_prev = tick.prev, failkeeper_attempts = fr.failkeeper_attempts,
+    seen_writes = (function()
+      local seen = {}
+      for k, t in ipairs(al.arrivals or {}) do seen[k] = ("%.0f"):format((t - (fr.failkeeper_at or t)) * 1e3) end
+      return table.concat(seen, " ")
+    end)(),
     window = fr.pause_window_seconds, manager = fr.manager_seconds, ours = fr.ours_seconds,
     pause_fanout = fr.pause_done_at and fr.paused_at and (fr.pause_done_at - fr.paused_at),
     pause_direct = B.stats(direct).median, pause_per_pauser = per_pauser,
@@ -243,14 +255,15 @@ local function one_run(mode, i)
   B.say("  %-17s #%d: start delay %4.0f ms, window %7.1f ms (manager %7.1f, ours %5.1f; forceFail -> reaction %s ms, before the "
     .. "predicted read %s ms, sentinel check %s ms, pause %s ms, lead %s ms, margin %s ms%s; the sentinel's "
     .. "own clock: forceFail %s ms before its read (%s ms after the predicted one), check %s ms, write %s ms, "
-    .. "seen %s ms later, %d conflicts; ticks %s), stall %7.1f ms, "
+    .. "seen %s ms later, %d conflicts; ticks %s; tick before: %s; failkeeper attempts %s; "
+    .. "the plan's writes seen at %s), stall %7.1f ms, "
     .. "p99 %6.1f ms, %d committed, %d missing; failed/unknown/connect before %d/%d/%d, during %d/%d/%d, "
     .. "after %d/%d/%d",
     mode.name, i, delay * 1e3, x.window * 1e3, x.manager * 1e3, x.ours * 1e3, ms(x.reaction), ms(x.before_read),
     ms(x.sentinel_check), ms(x.pause_fanout), ms(x.lead), ms(x.margin),
     x.align_reason and (", " .. x.align_reason) or "",
     ms(x.s_before_read), ms(x.s_read_error), ms(x.s_check), ms(x.s_write), ms(x.s_seen), x.s_conflicts,
-    table.concat(x.s_ticks, " "),
+    table.concat(x.s_ticks, " "), tostring(x.s_prev), tostring(x.failkeeper_attempts), x.seen_writes,
     stall * 1e3, p99 * 1e3, x.committed, x.missing,
     ph.before.failed, ph.before.unknown, ph.before.connect, ph.during.failed, ph.during.unknown, ph.during.connect,
     ph.after.failed, ph.after.unknown, ph.after.connect)

@@ -180,7 +180,9 @@ end
 -- Compare-and-swap edit of clusterdata: edit(raw) -> new raw | nil, err. Retries
 -- when stolon wrote in between. Returns the new mod_revision.
 function M:cas(what, edit)
-  for _ = 1, 10 do
+  self.ctx.cas_attempts = self.ctx.cas_attempts or {}
+  for attempt = 1, 10 do
+    self.ctx.cas_attempts[what] = attempt
     local res, err = self.client:get(self.key)
     if not res then return nil, ("%s: get: %s"):format(what, tostring(err)) end
     local kv = res.kvs and res.kvs[1]
@@ -425,8 +427,9 @@ end
 -- pause_lead() -> seconds from the first PAUSE sent to forceFail in etcd: per pause
 -- round (the extra pausers first, then the keepers'), 1.5 x the slowest health check
 -- of that round (HTTP, the pauser, PgBouncer's admin console) + 10 ms for PgBouncer to
--- drain the transactions in flight, at least 20 ms; then failkeeper's read of the
--- master (the compare-and-swap's length again) and its write (write_lead). What PAUSE
+-- drain the transactions in flight, at least 20 ms; then failkeeper's write
+-- (write_lead: its compare-and-swap reads the master too; with --stolonctl a read of
+-- the master comes first, the compare-and-swap's length again). What PAUSE
 -- takes less than this costs no reaction time (failkeeper waits for its moment:
 -- wait_for_write_moment) but stalls the clients. It stays generous: with 1 x + 5 ms a
 -- PAUSE of 154 ms on a loaded VM overran its 88 ms lead, forceFail landed inside the
@@ -440,7 +443,9 @@ function M:pause_lead()
   local function round(slowest) return math.max(0.02, 1.5 * (slowest or 0) + 0.01) end
   if has_extra then lead = lead + round(h.extra) end
   lead = lead + round(h.keeper)
-  return lead + (self.ctx.store_cas_seconds or 0.01) + self:write_lead()
+  -- --stolonctl: failkeeper reads the master before its moment (a round trip more)
+  if self.opts.stolonctl ~= "" then lead = lead + (self.ctx.store_cas_seconds or 0.01) end
+  return lead + self:write_lead()
 end
 
 -- wait_for_write_moment(): with a plan (align_to_sentinel), sleep until the
@@ -496,11 +501,15 @@ function M:align_to_sentinel()
       msg = "could not learn the sentinel's tick; pausing now, as without --align-to-sentinel" }
     return true
   end
+  -- the newest writes seen (arrival times), for the report: what the plan rests on
+  local arr = c.clock.arrivals
   c.align = { aligned = true, period = plan.period, spread = plan.spread, margin = plan.margin, lead = lead,
-    planned_start = plan.start, predicted_read = plan.read, k = plan.k, waited = task.now() - t0 }
+    planned_start = plan.start, predicted_read = plan.read, k = plan.k, waited = task.now() - t0, late = plan.late,
+    arrivals = table.move(arr, math.max(1, #arr - 5), #arr, 1, {}) }
   self.log.info { event = "align_to_sentinel", period = ("%.4f"):format(plan.period),
     spread = ("%.4f"):format(plan.spread), lead = ("%.4f"):format(lead), margin = ("%.4f"):format(plan.margin),
     read_in = ("%.4f"):format(plan.read - task.now()), waited = ("%.4f"):format(task.now() - t0),
+    late_write = plan.late and ("%.4f"):format(plan.late) or nil,
     msg = "pausing so that forceFail lands just before the sentinel's next read" }
   return true
 end
@@ -601,15 +610,22 @@ end
 
 -- With a plan from align_to_sentinel, the master is read first and the write waits
 -- for its moment (wait_for_write_moment).
-function M:failkeeper()
-  local cd, err = common.read_clusterdata(self.client, self.key)
-  if not cd then return nil, err end
+-- master_keeper(cd) -> the master's keeper view | nil, err
+local function master_keeper(cd)
   local master = cd:master()
   if not master or not master.keeper then return nil, "could not identify master keeper" end
-  self.ctx.old_master = master
-  self:wait_for_write_moment()
+  return master
+end
+
+function M:failkeeper()
   local o = self.opts
   if o.stolonctl ~= "" then
+    local cd, err = common.read_clusterdata(self.client, self.key)
+    if not cd then return nil, err end
+    local master, merr = master_keeper(cd)
+    if not master then return nil, merr end
+    self.ctx.old_master, self.ctx.failkeeper_cd = master, cd
+    self:wait_for_write_moment()
     local code, out, serr = proc.run {
       o.stolonctl, "failkeeper", master.keeper,
       "--cluster-name", o.cluster_name, "--store-backend", o.store_backend,
@@ -620,16 +636,35 @@ function M:failkeeper()
       return nil, ("failed to run stolonctl failkeeper: %s %s %s"):format(tostring(code), out or "", serr or "")
     end
   else
-    local rev, cerr = self:cas("failkeeper", function(raw) return stolon.with_force_fail(raw, master.keeper) end)
+    -- the master is read in the compare-and-swap's own read: one store round trip
+    -- between the moment and forceFail in etcd, so the PAUSE's lead holds no other
+    self:wait_for_write_moment()
+    local rev, cerr = self:cas("failkeeper", function(raw)
+      local cd, derr = stolon.decode(raw, self.key)
+      if not cd then return nil, derr end
+      local master, merr = master_keeper(cd)
+      if not master then return nil, merr end
+      self.ctx.old_master, self.ctx.failkeeper_cd = master, cd
+      return stolon.with_force_fail(raw, master.keeper)
+    end)
     if not rev then return nil, cerr end
     self.ctx.failkeeper_rev = rev
   end
+  local master = self.ctx.old_master
+  -- the sentinel promotes one of the master's sync standbys: with exactly one, that
+  -- is the new master, and the write probe's connection is opened while it switches
+  local sync = {}
+  for _, sb in ipairs(stolon.sync_standbys(self.ctx.failkeeper_cd)) do
+    if sb.healthy and sb.host then sync[#sync + 1] = sb end
+  end
+  if #sync == 1 then self:preconnect_write_probe(sync[1]) end
   self.ctx.failkeeper_at = task.now()
   local a = self.ctx.align
   local before_read = a and a.predicted_read and (a.predicted_read - self.ctx.failkeeper_at)
   self.log.info { event = "failkeeper", keeper = master.keeper, msg = "marked the master keeper failed",
     before_predicted_read = before_read and ("%.4f"):format(before_read) or nil,
-    waited = a and a.write_wait and ("%.4f"):format(a.write_wait) or nil }
+    waited = a and a.write_wait and ("%.4f"):format(a.write_wait) or nil,
+    attempts = self.ctx.cas_attempts and self.ctx.cas_attempts.failkeeper }
   if before_read and before_read < 0 then
     self.log.warn { event = "align_moment_missed", late = ("%.4f"):format(-before_read),
       msg = "PAUSE took longer than planned: forceFail written after the sentinel's predicted read" }
@@ -779,8 +814,9 @@ function M:probe_conninfo(m)
   return t:render { Host = m.host, Port = m.port or "5432" }
 end
 
--- preconnect_write_probe(m) (Patroni): we chose the candidate, so the probe's
--- connection is opened while Patroni switches, in a task of its own; a session on a
+-- preconnect_write_probe(m): the new master is known before it is promoted (Patroni:
+-- we chose the candidate; stolon: the master's only sync standby), so the probe's
+-- connection is opened while the manager switches, in a task of its own; a session on a
 -- hot standby can write once the standby is promoted, so write_probe then skips the
 -- connection set-up inside the pause window. Anything wrong here only loses the
 -- head start: write_probe falls back to connecting itself.
@@ -904,6 +940,9 @@ function M:summary(p, ok, err)
     failkeeper_at = c.failkeeper_at, recovered_at = c.recovered_at,
     reacted_at = c.reacted_at, reaction = c.reaction,
     reaction_wait_seconds = c.failkeeper_at and c.reacted_at and (c.reacted_at - c.failkeeper_at) or nil,
+    -- > 1: the clusterdata changed between failkeeper's read and its write (when
+    -- aligned: the sentinel's check came before the moment chosen for it)
+    failkeeper_attempts = c.cas_attempts and c.cas_attempts.failkeeper or nil,
     align = c.align,
   }
   if s.pause_window_seconds and s.manager_seconds then

@@ -171,6 +171,9 @@ describe("failover", function()
       assert(found, ("event %s missing or out of order in: %s"):format(w, table.concat(events, " ")))
       pos = found
     end
+    -- the master's only sync standby is the new master: its probe connection was
+    -- opened while the sentinel switched
+    assert.matches("event=write_probe[^\n]*connection=preconnected", err)
     -- the report file
     local r = cjson.decode((assert(fs.read(report))))
     assert.is_true(r.ok)
