@@ -207,7 +207,10 @@ function M.pgbouncer_admin(opts, timeout)
     user = opts.pgbouncer_user,
     password = opts.pgbouncer_password ~= "" and opts.pgbouncer_password or nil,
     dbname = opts.pgbouncer_database,
+    -- --pgbouncer-timeout bounds the connect and every admin command but PAUSE
+    -- (which waits for transactions: its own timeout comes with each request)
     timeout = timeout or 5,
+    command_timeout = timeout or 5,
     lazy = true,
   }
   if opts.pgbouncer_host and opts.pgbouncer_host ~= "" then

@@ -38,8 +38,10 @@ describe("pauser", function()
   -- through TCP: hiding the socket file makes the pauser's new admin connections
   -- fail while PgBouncer and the spec's connections carry on.
   local function start_pauser(o)
-    local d = D.start { "pauser", "--bind-address", "127.0.0.1:" .. port, "--pgbouncer-socket-dir", bouncer.socket_dir,
+    local argv = { "pauser", "--bind-address", "127.0.0.1:" .. port, "--pgbouncer-socket-dir", bouncer.socket_dir,
       "--pgbouncer-port", tostring(bouncer.port), "--metrics-port", tostring(metrics_port), "--token-file", dir .. "/token" }
+    for _, a in ipairs(o and o.args or {}) do argv[#argv + 1] = a end
+    local d = D.start(argv)
     if not (o and o.nowait) then D.eventually(10, healthy) end
     return d
   end
@@ -275,6 +277,24 @@ describe("pauser", function()
   -- PgBouncer restarts and is paused again behind the pauser's back (standing for a
   -- PgBouncer that kept the pause) while the pauser cannot reach it: the RESUME at the
   -- expiry fails, and the pauser still owes it.
+  it("bounds every admin command by --pgbouncer-timeout (a frozen PgBouncer)", function()
+    daemon:stop()
+    daemon = start_pauser { args = { "--pgbouncer-timeout", "1s" } }
+    assert(bouncer.proc:signal("STOP"))
+    local t0 = task.now()
+    local ok, status, body = pcall(call, "GET", "/health", nil, token)
+    local took = task.now() - t0
+    assert(bouncer.proc:signal("CONT"))
+    assert(ok, status)
+    assert.equals(503, status)
+    assert.equals("unhealthy", body.status)
+    -- the default command timeout is 10 s; 1 s + the reconnect's 1 s is what it may take
+    assert(took < 6, ("/health took %.1f s with --pgbouncer-timeout 1s"):format(took))
+    assert(D.eventually(10, healthy), "the pauser did not recover once PgBouncer ran again")
+    daemon:stop()
+    daemon = start_pauser()
+  end)
+
   it("retries a RESUME at expiry that failed until PgBouncer answers", function()
     assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 3}', token)))
     cut_off(true, function()
