@@ -113,6 +113,13 @@ local function one_run(kind, i)
     x.window, x.manager, x.ours = fr.pause_window_seconds, fr.manager_seconds, fr.ours_seconds
     x.reaction = fr.reaction_wait_seconds
     for _, st in ipairs(fr.steps or {}) do x["step_" .. st.name] = st.duration end
+    -- each pauser's PAUSE and RESUME, as the failover logged them (the rounds: front first)
+    local each = {}
+    for ev, line in (err or ""):gmatch("event=(pgbouncer_%a+) ([^\n]*)") do
+      local el, ep = line:match("elapsed=([%d%.]+)"), line:match("endpoint=(%S+)")
+      if el and ep then each[#each + 1] = ("%s %s %.1f"):format(ev:sub(11), ep, tonumber(el) * 1e3) end
+    end
+    x.per_pauser = table.concat(each, ", ")
   end
   local t1 = task.now()
   task.sleep(1)
@@ -145,6 +152,7 @@ local function one_run(kind, i)
     x.window and (", pause window " .. ms(x.window) .. " ms, ours " .. ms(x.ours) .. " ms") or "", x.committed,
     x.missing)
   for _, k in ipairs(x) do B.say("        error: %s", k) end
+  if x.per_pauser then B.say("        per pauser (ms): %s", x.per_pauser) end
   x.error_kinds = { table.unpack(x) }
   for k = #x, 1, -1 do x[k] = nil end
   return x

@@ -313,7 +313,7 @@ function M:wait_for_routing()
             return true
           end
         end
-        task.sleep(0.01)
+        task.sleep(0.002) -- a poll is a few ms already; RESUME waits on it
       until task.now() >= deadline
       self.log.warn { event = "routing_timeout", endpoint = c.name, databases = table.concat(still, ","),
         old_master = self.model.describe(old),
