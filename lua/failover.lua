@@ -610,19 +610,12 @@ end
 
 -- With a plan from align_to_sentinel, the master is read first and the write waits
 -- for its moment (wait_for_write_moment).
--- master_keeper(cd) -> the master's keeper view | nil, err
-local function master_keeper(cd)
-  local master = cd:master()
-  if not master or not master.keeper then return nil, "could not identify master keeper" end
-  return master
-end
-
 function M:failkeeper()
   local o = self.opts
   if o.stolonctl ~= "" then
     local cd, err = common.read_clusterdata(self.client, self.key)
     if not cd then return nil, err end
-    local master, merr = master_keeper(cd)
+    local master, merr = stolon.master_keeper(cd)
     if not master then return nil, merr end
     self.ctx.old_master, self.ctx.failkeeper_cd = master, cd
     self:wait_for_write_moment()
@@ -639,14 +632,11 @@ function M:failkeeper()
     -- the master is read in the compare-and-swap's own read: one store round trip
     -- between the moment and forceFail in etcd, so the PAUSE's lead holds no other
     self:wait_for_write_moment()
-    local rev, cerr = self:cas("failkeeper", function(raw)
-      local cd, derr = stolon.decode(raw, self.key)
-      if not cd then return nil, derr end
-      local master, merr = master_keeper(cd)
-      if not master then return nil, merr end
-      self.ctx.old_master, self.ctx.failkeeper_cd = master, cd
-      return stolon.with_force_fail(raw, master.keeper)
-    end)
+    local rev, cerr = stolon.request_switch(nil, nil, {
+      key = self.key,
+      cas = function(what, edit) return self:cas(what, edit) end,
+      on_master = function(master, cd) self.ctx.old_master, self.ctx.failkeeper_cd = master, cd end,
+    })
     if not rev then return nil, cerr end
     self.ctx.failkeeper_rev = rev
   end

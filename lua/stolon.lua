@@ -267,10 +267,27 @@ function M.can_lose_primary(cd)
   return M.check_healthy(cd, 1)
 end
 
+-- master_keeper(cd) -> the master's db view, with its keeper | nil, err
+function M.master_keeper(cd)
+  local master = M.master(cd)
+  if not master or not master.keeper then return nil, "could not identify master keeper" end
+  return master
+end
+
 -- request_switch(old, _, opts) -> revision | nil, err: forceFail on old's keeper
--- through opts.cas(what, edit), the failover's compare-and-swap. Task only; yields.
+-- through opts.cas(what, edit), the failover's compare-and-swap. Without old, on the
+-- master's keeper as the compare-and-swap's own read finds it (no read before it),
+-- told to opts.on_master(master, cd) before the write. Task only; yields.
 function M.request_switch(old, _, opts)
-  return opts.cas("failkeeper", function(raw) return M.with_force_fail(raw, old.keeper) end)
+  return opts.cas("failkeeper", function(raw)
+    if old then return M.with_force_fail(raw, old.keeper) end
+    local cd, derr = M.decode(raw, opts.key)
+    if not cd then return nil, derr end
+    local master, merr = M.master_keeper(cd)
+    if not master then return nil, merr end
+    if opts.on_master then opts.on_master(master, cd) end
+    return M.with_force_fail(raw, master.keeper)
+  end)
 end
 
 -- switch_finished(cd, old) -> master view | nil, state, detail: recovered(cd, old.keeper).

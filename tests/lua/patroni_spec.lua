@@ -240,6 +240,16 @@ describe("the manager interface", function()
     end })
     assert.equals(42, rev)
     assert.is_true(cjson.decode(edited).keepers[p.keeper].status.forceFail)
+    -- without old: the master is the one the compare-and-swap's read finds
+    local told
+    edited = nil
+    assert.equals(43, stolon.request_switch(nil, nil, { on_master = function(m) told = m end,
+      cas = function(_, edit) edited = assert(edit(cd.raw)) return 43 end }))
+    assert.equals(p.keeper, told.keeper)
+    assert.is_true(cjson.decode(edited).keepers[p.keeper].status.forceFail)
+    local no_master = assert(require("jsonedit").set(cd.raw, { "proxy", "spec", "masterDbUid" }, '""'))
+    local _, err = stolon.request_switch(nil, nil, { cas = function(_, edit) return edit(no_master) end })
+    assert.equals("could not identify master keeper", err)
   end)
 end)
 
