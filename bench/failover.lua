@@ -151,6 +151,13 @@ local function sentinel_ticks(fr)
   return out
 end
 
+-- since_failkeeper(times, fr) -> "t1 t2 ..." in ms from forceFail's write answered
+local function since_failkeeper(times, fr)
+  local out = {}
+  for k, t in ipairs(times or {}) do out[k] = ("%.0f"):format((t - (fr.failkeeper_at or t)) * 1e3) end
+  return table.concat(out, " ")
+end
+
 local function one_run(mode, i)
   local interval = mode.interval
   local t_wait = task.now()
@@ -223,11 +230,7 @@ local function one_run(mode, i)
     s_conflicts = tick.conflicts, s_read_error = tick.read_error, s_read = tick.read, s_ticks = tick.sequence,
     s_reaction_check = tick.read and (tick.read + tick.check + tick.write + (tick.seen or 0)),
     s_prev = tick.prev, failkeeper_attempts = fr.failkeeper_attempts,
-    seen_writes = (function()
-      local seen = {}
-      for k, t in ipairs(al.arrivals or {}) do seen[k] = ("%.0f"):format((t - (fr.failkeeper_at or t)) * 1e3) end
-      return table.concat(seen, " ")
-    end)(),
+    seen_writes = since_failkeeper(al.arrivals, fr),
     window = fr.pause_window_seconds, manager = fr.manager_seconds, ours = fr.ours_seconds,
     pause_fanout = fr.pause_done_at and fr.paused_at and (fr.pause_done_at - fr.paused_at),
     pause_direct = B.stats(direct).median, pause_per_pauser = per_pauser,
