@@ -274,9 +274,6 @@ describe("pauser", function()
     assert.matches("event=requests_rejected", daemon:logs())
   end)
 
-  -- PgBouncer restarts and is paused again behind the pauser's back (standing for a
-  -- PgBouncer that kept the pause) while the pauser cannot reach it: the RESUME at the
-  -- expiry fails, and the pauser still owes it.
   it("bounds every admin command by --pgbouncer-timeout (a frozen PgBouncer)", function()
     daemon:stop()
     daemon = start_pauser { args = { "--pgbouncer-timeout", "1s" } }
@@ -295,6 +292,9 @@ describe("pauser", function()
     daemon = start_pauser()
   end)
 
+  -- PgBouncer restarts and is paused again behind the pauser's back (standing for a
+  -- PgBouncer that kept the pause) while the pauser cannot reach it: the RESUME at the
+  -- expiry fails, and the pauser still owes it.
   it("retries a RESUME at expiry that failed until PgBouncer answers", function()
     assert.equals(200, (call("POST", "/pause", '{"timeout": 5, "expiry": 3}', token)))
     cut_off(true, function()
