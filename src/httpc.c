@@ -8,8 +8,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "curlm.h"
+#include "hc.h"
 #include "sched.h"
 
 #define DEFAULT_TIMEOUT 30.0
@@ -99,6 +101,49 @@ static long to_ms(double s)
     return (long)ceil(s * 1000.0);
 }
 
+static bool force_curl; /* httpc.set_client("curl"): benches compare the two */
+
+/* The request on our own client (hc.c): the header lines built from the table at
+ * index 1, curl's default Content-Type kept for a body without one. */
+static int native_request(lua_State *L, const spgb_hc_url *u, const char *method, const char *body,
+                          size_t blen, double timeout, double ctimeout, double max_body)
+{
+    bool has_ctype = false;
+    lua_getfield(L, 1, "headers");
+    int ht = lua_gettop(L);
+    lua_pushliteral(L, ""); /* the header lines, at ht + 1 (few: concatenated as they come) */
+    if (lua_istable(L, ht)) {
+        lua_pushnil(L);
+        while (lua_next(L, ht)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
+                return luaL_error(L, "httpc.request: headers must map names to strings");
+            const char *n = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+            if (strpbrk(n, "\r\n:") || strpbrk(v, "\r\n") || !*n)
+                return luaL_error(L, "httpc.request: header contains a line break");
+            if (strcasecmp(n, "content-type") == 0)
+                has_ctype = true;
+            lua_pushvalue(L, ht + 1);
+            lua_pushvalue(L, -3);
+            lua_pushliteral(L, ": ");
+            lua_pushvalue(L, -4);
+            lua_pushliteral(L, "\r\n");
+            lua_concat(L, 5);
+            lua_replace(L, ht + 1);
+            lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, ht)) {
+        return luaL_error(L, "httpc.request: headers must be a table");
+    }
+    if (body && !has_ctype) {
+        lua_pushliteral(L, "Content-Type: application/x-www-form-urlencoded\r\n");
+        lua_concat(L, 2);
+    }
+    size_t hlen;
+    const char *hs = lua_tolstring(L, ht + 1, &hlen);
+    return spgb_hc_request(L, u, method, hs, hlen, body, blen, body != NULL, timeout, ctimeout,
+                           max_body > 0 ? (size_t)max_body : 0);
+}
+
 /* httpc.request{url=, method=, headers={name=value}, body=, timeout=,
  *               connect_timeout=, ca_file=, cert_file=, key_file=,
  *               skip_tls_verify=, max_body=}
@@ -143,6 +188,10 @@ static int l_request(lua_State *L)
     for (const char *m = method; *m; m++)
         if (!isupper((unsigned char)*m))
             return luaL_argerror(L, 1, "method must be an upper-case HTTP method");
+
+    spgb_hc_url u;
+    if (!force_curl && !ca && !cert && !key && spgb_hc_parse_url(url, &u))
+        return native_request(L, &u, method, body, blen, timeout, ctimeout, max_body);
 
     spgb_xfer *x = spgb_xfer_new(url);
     if (!x)
@@ -192,10 +241,32 @@ static int l_request(lua_State *L)
                            NULL);
 }
 
+/* httpc.set_client(which): "auto" (the default: our own client for plain http:// to a
+ * numeric address, libcurl for the rest) or "curl" (libcurl for every request).
+ * For benchmarks and comparisons; returns the previous setting. */
+static int l_set_client(lua_State *L)
+{
+    static const char *const names[] = {"auto", "curl", NULL};
+    int which = luaL_checkoption(L, 1, NULL, names);
+    lua_pushstring(L, force_curl ? "curl" : "auto");
+    force_curl = which == 1;
+    return 1;
+}
+
+/* httpc.idle_connections() -> n: connections our own client keeps open for reuse. */
+static int l_idle_connections(lua_State *L)
+{
+    lua_pushinteger(L, spgb_hc_idle_count());
+    return 1;
+}
+
 int luaopen_httpc(lua_State *L)
 {
     spgb_curlm_open(L);
-    static const luaL_Reg fns[] = {{"request", l_request}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"request", l_request},
+                                   {"set_client", l_set_client},
+                                   {"idle_connections", l_idle_connections},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }
