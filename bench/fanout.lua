@@ -4,8 +4,8 @@
 --
 -- One Postgres (127.0.2.11), 16 PgBouncers and 16 `pauser` daemons (ours, child
 -- processes) on 127.0.2.30-45, and for the 64: 48 cheap fake pausers
--- (bench/fake_pausers.lua, one process, 127.0.2.50 ports 22700-22747, answering at
--- once: pausers on other machines). Each round times, for each size in turn (the
+-- (bench/fake_pausers.c, one small C process, 127.0.2.50 ports 22700-22747,
+-- answering at once: pausers on other machines). Each round times, for each size in turn (the
 -- order rotates every round so drift hits every size alike): every PAUSE answered,
 -- then every RESUME answered. The baseline is the single PgBouncer, same run.
 --
@@ -24,6 +24,7 @@ local log = require "log"
 local pgbouncer = require "pgbouncer"
 local pauser_client = require "pauser_client"
 local task = require "task"
+local httpc = require "httpc"
 
 local ROUNDS = tonumber(arg[1] or "40")
 local PG_PORT, BOUNCER_PORT, PAUSER_PORT = 22602, 22600, 22601
@@ -52,7 +53,10 @@ local function main()
     pausers[i], bouncers[i] = p, b
     clients[i] = pauser_client.new { name = host, host = host, port = PAUSER_PORT, token = TOKEN }
   end
-  local fakes = B.ours { "run", "bench/fake_pausers.lua", FAKE_HOST, tostring(FAKE_PORT), "48" }
+  local fake_bin = (os.getenv("BUILD") or "build") .. "/bench/fake_pausers"
+  local cc = 'mkdir -p "$(dirname "$1")" && cc -std=c11 -O2 -Wall -Wextra -Werror -o "$1" bench/fake_pausers.c'
+  assert(require("proc").run { "sh", "-c", cc, "sh", fake_bin } == 0, "cannot build bench/fake_pausers.c")
+  local fakes = assert(require("proc").spawn { fake_bin, FAKE_HOST, tostring(FAKE_PORT), "48", stdout = "null" })
   defer(function() B.stop(fakes) end)
   for i = 17, 64 do
     clients[i] = pauser_client.new { name = "fake" .. i, host = FAKE_HOST, port = FAKE_PORT + i - 17, token = TOKEN }
@@ -99,19 +103,36 @@ local function main()
     local t2 = task.now()
     return t1 - t0, t2 - t1
   end
-  for _ = 1, 5 do for _, n in ipairs(SIZES) do round(n) end end -- warm-up
+  -- Two HTTP clients, same run: ours (httpc's own, src/hc.c: the default for
+  -- http:// to an address) and libcurl's (what the pauser calls used before, the
+  -- baseline). Rounds alternate between them so drift hits both alike.
+  local CLIENTS = { "auto", "curl" }
+  for _, cl in ipairs(CLIENTS) do
+    httpc.set_client(cl)
+    for _ = 1, 5 do for _, n in ipairs(SIZES) do round(n) end end -- warm-up
+  end
 
   B.say("fanout: %d rounds ...", ROUNDS)
-  local pause, resume, both = {}, {}, {}
-  for _, n in ipairs(SIZES) do pause[n], resume[n], both[n] = {}, {}, {} end
+  local by = {}
+  for _, cl in ipairs(CLIENTS) do
+    by[cl] = { pause = {}, resume = {}, both = {} }
+    for _, n in ipairs(SIZES) do by[cl].pause[n], by[cl].resume[n], by[cl].both[n] = {}, {}, {} end
+  end
   for r = 1, ROUNDS do
     for k = 0, #SIZES - 1 do
       local n = SIZES[(r + k) % #SIZES + 1]
-      local p, q = round(n)
-      pause[n][#pause[n] + 1], resume[n][#resume[n] + 1], both[n][#both[n] + 1] = p, q, p + q
-      task.sleep(0.002)
+      for j = 0, 1 do
+        local cl = CLIENTS[(r + j) % 2 + 1]
+        httpc.set_client(cl)
+        local p, q = round(n)
+        local t = by[cl]
+        t.pause[n][#t.pause[n] + 1], t.resume[n][#t.resume[n] + 1], t.both[n][#t.both[n] + 1] = p, q, p + q
+        task.sleep(0.002)
+      end
     end
   end
+  httpc.set_client("auto")
+  local pause, resume, both = by.auto.pause, by.auto.resume, by.auto.both
 
   -- Where the time goes: CPU seconds per round, of this (failover-like) process and
   -- of the pausers and PgBouncers, over a block of rounds of one size. On a machine
@@ -125,9 +146,8 @@ local function main()
     for _, pid in ipairs(list) do sum = sum + (B.cpu_seconds(pid) or 0) end
     return sum
   end
-  local cpu_per = {}
   local nproc = tonumber((select(2, require("proc").run { "nproc" }))) or 1
-  for _, n in ipairs { 1, 16, 64 } do
+  local function cpu_blocks(n, cpu_per)
     local servers = {}
     for i = 1, math.min(n, 16) do
       servers[#servers + 1] = pausers[i]:pid()
@@ -140,6 +160,15 @@ local function main()
     local c1, s1, t1 = cpu { me }, cpu(servers), task.now()
     cpu_per[n] = { client = (c1 - c0) / R, servers = (s1 - s0) / R, wall = (t1 - t0) / R }
   end
+  local cpu_by = { auto = {}, curl = {} }
+  for _, n in ipairs { 1, 16, 64 } do
+    for _, cl in ipairs(CLIENTS) do
+      httpc.set_client(cl)
+      cpu_blocks(n, cpu_by[cl])
+    end
+  end
+  httpc.set_client("auto")
+  local cpu_per = cpu_by.auto
 
   local st = {}
   res.raw = { rounds = ROUNDS, sizes = {} }
@@ -182,29 +211,39 @@ local function main()
   -- ours: the fan-out's wall minus the slowest PgBouncer's own PAUSE, and our CPU
   res.raw.own_pause_ms = {}
   for i, v in ipairs(own) do res.raw.own_pause_ms[i] = B.ms(v) end
-  local ours = {}
-  for _, n in ipairs(SIZES) do
-    local xs = {}
-    for k, v in ipairs(pause[n]) do xs[k] = v - slowest_own(n) end
-    ours[n] = B.stats(xs).median
-    res:row { figure = ("ours: pause %d, wall - slowest own PAUSE (%.3f ms), median"):format(n, slowest_own(n) * 1e3),
-      value = B.ms(ours[n]), unit = "ms", floor = B.ms(ours[1]), floor_what = "the same for 1" }
+  local function ours_of(cl)
+    local o = {}
+    for _, n in ipairs(SIZES) do
+      local xs = {}
+      for k, v in ipairs(by[cl].pause[n]) do xs[k] = v - slowest_own(n) end
+      o[n] = B.stats(xs).median
+    end
+    return o
   end
-  res.raw.ours_pause_ms = {}
+  local ours, curls = ours_of("auto"), ours_of("curl")
+  for _, n in ipairs(SIZES) do
+    res:row { figure = ("ours: pause %d, wall - slowest own PAUSE (%.3f ms), median"):format(n, slowest_own(n) * 1e3),
+      value = B.ms(ours[n]), unit = "ms", floor = B.ms(curls[n]), floor_what = "the same with libcurl" }
+  end
+  res.raw.ours_pause_ms, res.raw.curl_pause_ms = {}, {}
   for n, v in pairs(ours) do res.raw.ours_pause_ms[tostring(n)] = B.ms(v) end
+  for n, v in pairs(curls) do res.raw.curl_pause_ms[tostring(n)] = B.ms(v) end
   for _, n in ipairs { 16, 64 } do
     local per = (ours[n] - ours[1]) / (n - 1)
+    local cper = (curls[n] - curls[1]) / (n - 1)
     res:row { figure = ("ours: growth per added pauser, 1 -> %d (wall)"):format(n), value = per * 1e6, unit = "us",
-      goal = "<= 50 us", met = per <= 50e-6 }
+      floor = cper * 1e6, floor_what = "the same with libcurl", goal = "<= 50 us", met = per <= 50e-6 }
   end
   for _, n in ipairs { 1, 16, 64 } do
     res:row { figure = ("failover process CPU per pause+resume round, %d pausers"):format(n),
-      value = B.ms(cpu_per[n].client), unit = "ms" }
+      value = B.ms(cpu_per[n].client), unit = "ms", floor = B.ms(cpu_by.curl[n].client),
+      floor_what = "the same with libcurl" }
   end
   for _, n in ipairs { 16, 64 } do
     local per = (cpu_per[n].client - cpu_per[1].client) / (n - 1)
+    local cper = (cpu_by.curl[n].client - cpu_by.curl[1].client) / (n - 1)
     res:row { figure = ("failover process CPU per added pauser, 1 -> %d (pause+resume)"):format(n),
-      value = per * 1e6, unit = "us" }
+      value = per * 1e6, unit = "us", floor = cper * 1e6, floor_what = "the same with libcurl" }
   end
 end
 
