@@ -41,10 +41,14 @@ mkdir -p "$CACHE/archives/partial"
 if ! command -v mmdebstrap >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
 fi
+# A directory there is a cache an older run left by mistake (mmdebstrap picks a
+# directory for a target whose name has no tar extension): build the tarball again.
+if [ -d "$TARBALL" ]; then rm -rf "$TARBALL"; fi
 if [ ! -s "$TARBALL" ]; then
   echo "fresh-check: building a minimal Debian 12 root (cached in $TARBALL)"
-  mmdebstrap --quiet --variant=minbase bookworm "$TARBALL.tmp"
-  mv "$TARBALL.tmp" "$TARBALL"
+  rm -rf "$TARBALL.tmp.tar"
+  mmdebstrap --quiet --variant=minbase --format=tar bookworm "$TARBALL.tmp.tar"
+  mv "$TARBALL.tmp.tar" "$TARBALL"
 fi
 
 if [ $# -eq 0 ]; then
