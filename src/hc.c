@@ -189,15 +189,16 @@ static void close_idle_all(void)
 static conn *idle_take(const char *key)
 {
     double now = spgb_now();
-    for (conn *c = idle_list; c; c = c->next) {
-        if (strcmp(c->key, key) != 0)
-            continue;
-        idle_remove(c);
-        if (now - c->idle_since > IDLE_SECONDS) {
+    conn *c = idle_list;
+    while (c) {
+        conn *next = c->next;
+        if (strcmp(c->key, key) == 0) {
+            idle_remove(c);
+            if (now - c->idle_since <= IDLE_SECONDS)
+                return c;
             conn_close(c);
-            return idle_take(key);
         }
-        return c;
+        c = next;
     }
     return NULL;
 }
@@ -670,10 +671,9 @@ static void hc_cancel(spgb_op *op)
 }
 
 int spgb_hc_request(lua_State *L, const spgb_hc_url *u, const char *method, const char *headers,
-                    size_t hlen, const char *body, size_t blen, bool has_body, double timeout,
-                    double ctimeout, size_t max_body)
+                    size_t hlen, const char *body, size_t blen, double timeout, double ctimeout,
+                    size_t max_body)
 {
-    spgb_task_current(L, "httpc.request");
     if (!at_close_registered) {
         spgb_sched_at_close(close_idle_all);
         at_close_registered = true;
@@ -694,7 +694,7 @@ int spgb_hc_request(lua_State *L, const spgb_hc_url *u, const char *method, cons
               (u->path_len ? spgb_buf_append(&h->req, u->path, u->path_len)
                            : spgb_buf_append(&h->req, "/", 1)) &&
               spgb_buf_append(&h->req, line, (size_t)ll) && spgb_buf_append(&h->req, headers, hlen);
-    if (ok && has_body) {
+    if (ok && body) {
         ll = snprintf(line, sizeof line, "Content-Length: %zu\r\n", blen);
         ok = spgb_buf_append(&h->req, line, (size_t)ll);
     }

@@ -36,13 +36,13 @@ typedef struct spgb_hc_url {
  * take (user info, control characters or spaces); fills u. */
 bool spgb_hc_parse_url(const char *url, spgb_hc_url *u);
 
-/* One request on u. headers: "Name: value\r\n" lines (may be empty). timeout bounds
- * the whole request (<= 0: none), ctimeout the connection set-up (<= 0 or >= timeout:
- * only the whole), max_body the response body (0: no limit). Returns what
- * httpc.request returns: {status=, headers=, body=} | nil, err, code. */
+/* One request on u, from a task (httpc.request checked). body: NULL for none. headers: "Name:
+ * value\r\n" lines (may be empty). timeout bounds the whole request (<= 0: none), ctimeout the
+ * connection set-up (<= 0 or >= timeout: only the whole), max_body the response body (0: no limit).
+ * Returns what httpc.request returns: {status=, headers=, body=} | nil, err, code. */
 int spgb_hc_request(lua_State *L, const spgb_hc_url *u, const char *method, const char *headers,
-                    size_t hlen, const char *body, size_t blen, bool has_body, double timeout,
-                    double ctimeout, size_t max_body);
+                    size_t hlen, const char *body, size_t blen, double timeout, double ctimeout,
+                    size_t max_body);
 
 /* Idle connections now (for specs and benches). */
 int spgb_hc_idle_count(void);

@@ -103,45 +103,38 @@ static long to_ms(double s)
 
 static bool force_curl; /* httpc.set_client("curl"): benches compare the two */
 
-/* The request on our own client (hc.c): the header lines built from the table at
- * index 1, curl's default Content-Type kept for a body without one. */
-static int native_request(lua_State *L, const spgb_hc_url *u, const char *method, const char *body,
-                          size_t blen, double timeout, double ctimeout, double max_body)
+/* Push the headers table of the options at index 1 as "Name: value\r\n" lines (one
+ * string; "" without headers); *has_ctype tells whether one is Content-Type. Raises
+ * on a bad table or a header with a line break. Both clients send these lines. */
+static const char *header_lines(lua_State *L, size_t *len, bool *has_ctype)
 {
-    bool has_ctype = false;
+    *has_ctype = false;
     lua_getfield(L, 1, "headers");
     int ht = lua_gettop(L);
-    lua_pushliteral(L, ""); /* the header lines, at ht + 1 (few: concatenated as they come) */
+    lua_pushliteral(L, ""); /* the lines, at ht + 1 (few: concatenated as they come) */
     if (lua_istable(L, ht)) {
         lua_pushnil(L);
         while (lua_next(L, ht)) {
             if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1))
-                return luaL_error(L, "httpc.request: headers must map names to strings");
-            const char *n = lua_tostring(L, -2), *v = lua_tostring(L, -1);
-            if (strpbrk(n, "\r\n:") || strpbrk(v, "\r\n") || !*n)
-                return luaL_error(L, "httpc.request: header contains a line break");
-            if (strcasecmp(n, "content-type") == 0)
-                has_ctype = true;
+                luaL_error(L, "httpc.request: headers must map names to strings");
+            const char *line =
+                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+            if (strpbrk(line, "\r\n"))
+                luaL_error(L, "httpc.request: header contains a line break");
+            if (strcasecmp(lua_tostring(L, -3), "content-type") == 0)
+                *has_ctype = true;
             lua_pushvalue(L, ht + 1);
-            lua_pushvalue(L, -3);
-            lua_pushliteral(L, ": ");
-            lua_pushvalue(L, -4);
+            lua_insert(L, -2);
             lua_pushliteral(L, "\r\n");
-            lua_concat(L, 5);
+            lua_concat(L, 3);
             lua_replace(L, ht + 1);
             lua_pop(L, 1);
         }
     } else if (!lua_isnil(L, ht)) {
-        return luaL_error(L, "httpc.request: headers must be a table");
+        luaL_error(L, "httpc.request: headers must be a table");
     }
-    if (body && !has_ctype) {
-        lua_pushliteral(L, "Content-Type: application/x-www-form-urlencoded\r\n");
-        lua_concat(L, 2);
-    }
-    size_t hlen;
-    const char *hs = lua_tolstring(L, ht + 1, &hlen);
-    return spgb_hc_request(L, u, method, hs, hlen, body, blen, body != NULL, timeout, ctimeout,
-                           max_body > 0 ? (size_t)max_body : 0);
+    lua_remove(L, ht);
+    return lua_tolstring(L, -1, len);
 }
 
 /* httpc.request{url=, method=, headers={name=value}, body=, timeout=,
@@ -189,36 +182,28 @@ static int l_request(lua_State *L)
         if (!isupper((unsigned char)*m))
             return luaL_argerror(L, 1, "method must be an upper-case HTTP method");
 
+    size_t hlen;
+    bool has_ctype;
+    const char *hs = header_lines(L, &hlen, &has_ctype);
     spgb_hc_url u;
-    if (!force_curl && !ca && !cert && !key && spgb_hc_parse_url(url, &u))
-        return native_request(L, &u, method, body, blen, timeout, ctimeout, max_body);
+    if (!force_curl && !ca && !cert && !key && spgb_hc_parse_url(url, &u)) {
+        if (body && !has_ctype) { /* what libcurl sends for a body without one */
+            lua_pushliteral(L, "Content-Type: application/x-www-form-urlencoded\r\n");
+            lua_concat(L, 2);
+            hs = lua_tolstring(L, -1, &hlen);
+        }
+        return spgb_hc_request(L, &u, method, hs, hlen, body, blen, timeout, ctimeout,
+                               max_body > 0 ? (size_t)max_body : 0);
+    }
 
     spgb_xfer *x = spgb_xfer_new(url);
     if (!x)
         return luaL_error(L, "httpc.request: out of memory (or bad url)");
     bool ok = true;
-    lua_getfield(L, 1, "headers");
-    if (lua_istable(L, -1)) {
-        lua_pushnil(L);
-        while (ok && lua_next(L, -2)) {
-            if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
-                spgb_xfer_free(x);
-                return luaL_error(L, "httpc.request: headers must map names to strings");
-            }
-            const char *line =
-                lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-            if (strpbrk(line, "\r\n")) {
-                spgb_xfer_free(x);
-                return luaL_error(L, "httpc.request: header contains a line break");
-            }
-            ok = spgb_xfer_header(x, line);
-            lua_pop(L, 2);
-        }
-    } else if (!lua_isnil(L, -1)) {
-        spgb_xfer_free(x);
-        return luaL_error(L, "httpc.request: headers must be a table");
+    for (const char *p = hs, *e; ok && (e = strstr(p, "\r\n")); p = e + 2) {
+        ok = spgb_xfer_header(x, lua_pushlstring(L, p, (size_t)(e - p)));
+        lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     if (ok && body)
         ok = spgb_xfer_body(x, body, blen);
     if (ok) {
