@@ -22,6 +22,7 @@ local http = require "http"
 local task = require "task"
 
 local HOSTS = { "127.0.8.1", "127.0.8.2", "127.0.8.3" }
+local EXTRA = "127.0.8.4" -- a front pauser (--extra-pauser)
 local PORT = 26361
 local CLUSTER = "align"
 local KEY = "stolon/cluster/" .. CLUSTER .. "/clusterdata"
@@ -31,6 +32,7 @@ describe("tick-aligned failover", function()
   local srv, client, sentinel
   local servers = {}
   local pause_delay = 0
+  local health_delay, health_log = 0, {}
   local s -- the fake sentinel's record: reads, writes, conflicts, reaction
 
   local function now_string()
@@ -105,9 +107,14 @@ describe("tick-aligned failover", function()
   setup(function()
     srv = E.start { members = 1, hosts = { HOSTS[1] }, port = 22800 }
     client = assert(etcd.connect { endpoints = srv.endpoints, timeout = 5 })
-    for _, h in ipairs(HOSTS) do
+    for _, h in ipairs { HOSTS[1], HOSTS[2], HOSTS[3], EXTRA } do
       servers[#servers + 1] = assert(http.serve { address = h, port = PORT, handler = function(req)
-        if req.path == "/health" then return 200, { status = "healthy", config = { pool_mode = "transaction" } } end
+        if req.path == "/health" then
+          health_log[#health_log + 1] = { host = h, at = task.now() }
+          if health_delay > 0 then task.sleep(health_delay) end
+          health_log[#health_log].done = task.now()
+          return 200, { status = "healthy", config = { pool_mode = "transaction" } }
+        end
         if req.path == "/pause" and pause_delay > 0 then task.sleep(pause_delay) end
         return 200, {}
       end })
@@ -119,7 +126,7 @@ describe("tick-aligned failover", function()
     for k, h in ipairs(HOSTS) do keepers[k] = { uid = "keeper" .. (k - 1), host = h, port = 5432 } end
     assert(client:put(KEY, CD.encode(CD.new { keepers = keepers, master = "keeper0", sync = { "keeper1" },
       sleep_interval = "1s" })))
-    pause_delay = 0
+    pause_delay, health_delay, health_log = 0, 0, {}
     start_sentinel()
   end)
 
@@ -157,6 +164,30 @@ describe("tick-aligned failover", function()
     assert.is_true(r.reaction_wait_seconds < CHECK + 0.4, tostring(r.reaction_wait_seconds))
     assert.matches("event=align_to_sentinel ", err, 1, true)
     assert.matches("forceFail -> manager's first reaction", out, 1, true)
+  end)
+
+  it("plans the PAUSE's lead from health checks sent in the PAUSE's rounds, with one drain allowance", function()
+    health_delay = 0.05
+    local r, err = failover { "--extra-pauser", EXTRA .. ":" .. PORT }
+    assert.is_true(r.ok)
+    assert.is_true(r.align and r.align.aligned, err)
+    -- the front pauser's check answered before any keeper's went out, as its PAUSE does
+    local extra_done, keepers = nil, {}
+    for _, e in ipairs(health_log) do
+      if e.host == EXTRA then extra_done = e.done else keepers[#keepers + 1] = e end
+    end
+    assert.is_not_nil(extra_done)
+    assert.equals(3, #keepers)
+    for _, e in ipairs(keepers) do assert.is_true(e.at >= extra_done, "a keeper's check went out with the extra's") end
+    -- each round measured its own slowest (>= the 50 ms its pausers sleep), and the
+    -- lead is 1.5 x their sum + one 10 ms drain: the keepers' round drains nothing the
+    -- front PgBouncer, paused first, has not
+    local h = r.align.health_slowest
+    assert.is_true(h.extra >= 0.05 and h.keeper >= 0.05, cjson.encode(h))
+    local pause_lead = r.align.lead - r.align.write_lead
+    assert.is_true(math.abs(pause_lead - (1.5 * (h.extra + h.keeper) + 0.01)) < 1e-6,
+      ("pause lead %.4f for health %s"):format(pause_lead, cjson.encode(h)))
+    assert.equals(0, s.conflicts)
   end)
 
   it("--no-align-to-sentinel pauses at once, wherever that lands in the sentinel's cycle", function()
