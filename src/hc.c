@@ -25,6 +25,7 @@
 #define IDLE_MAX 256         /* idle connections kept, all addresses */
 #define IDLE_SECONDS 30.0    /* an idle connection older than this is not reused */
 #define HEAD_MAX (64 * 1024) /* a response head larger than this is an error */
+#define IDLE_BUCKETS 64      /* idle connections by a hash of their address */
 
 typedef struct hcall hcall;
 
@@ -32,9 +33,10 @@ typedef struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* the connect timeout */
     uv_connect_t creq;
-    hcall *call; /* the request it carries; NULL when idle or abandoned */
-    struct conn *next;
+    hcall *call;              /* the request it carries; NULL when idle or abandoned */
+    struct conn *next, *prev; /* in its idle bucket */
     char key[64];
+    unsigned bucket;
     double idle_since;
     int open_handles;
     bool connected, closing, idle;
@@ -61,7 +63,7 @@ struct hcall {
     char err[240];
 };
 
-static conn *idle_list;
+static conn *idle_buckets[IDLE_BUCKETS];
 static int idle_n;
 static bool at_close_registered;
 static char read_buf[64 * 1024];
@@ -153,18 +155,26 @@ static void conn_closed(uv_handle_t *h)
         free(c);
 }
 
+static unsigned key_bucket(const char *key)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (; *key; key++)
+        h = (h ^ (unsigned char)*key) * 16777619u;
+    return h % IDLE_BUCKETS;
+}
+
 static void idle_remove(conn *c)
 {
     if (!c->idle)
         return;
-    for (conn **p = &idle_list; *p; p = &(*p)->next) {
-        if (*p == c) {
-            *p = c->next;
-            break;
-        }
-    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        idle_buckets[c->bucket] = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     c->idle = false;
-    c->next = NULL;
+    c->next = c->prev = NULL;
     idle_n--;
 }
 
@@ -181,15 +191,16 @@ static void conn_close(conn *c)
 
 static void close_idle_all(void)
 {
-    while (idle_list)
-        conn_close(idle_list);
+    for (int i = 0; i < IDLE_BUCKETS; i++)
+        while (idle_buckets[i])
+            conn_close(idle_buckets[i]);
 }
 
 /* An idle connection reused for key, or NULL. */
 static conn *idle_take(const char *key)
 {
     double now = spgb_now();
-    conn *c = idle_list;
+    conn *c = idle_buckets[key_bucket(key)];
     while (c) {
         conn *next = c->next;
         if (strcmp(c->key, key) == 0) {
@@ -212,8 +223,11 @@ static void idle_put(conn *c)
     }
     c->idle = true;
     c->idle_since = spgb_now();
-    c->next = idle_list;
-    idle_list = c;
+    c->prev = NULL;
+    c->next = idle_buckets[c->bucket];
+    if (c->next)
+        c->next->prev = c;
+    idle_buckets[c->bucket] = c;
     idle_n++;
 }
 
@@ -526,17 +540,32 @@ static void on_written(uv_write_t *w, int status)
         broken(c->call, "writing to", status);
 }
 
+/* The request goes out with uv_try_write, which a request's few hundred bytes on
+ * an idle connection always fit; only what the socket did not take is queued with
+ * uv_write (whose completion re-arms the socket in epoll: a system call more). */
 static void send_request(hcall *h)
 {
     conn *c = h->c;
-    wreq *w = malloc(sizeof *w + h->req.len);
+    uv_buf_t b = uv_buf_init(h->req.p, (unsigned)h->req.len);
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    size_t sent = 0;
+    if (rc >= 0)
+        sent = (size_t)rc;
+    else if (rc != UV_EAGAIN) {
+        broken(h, "writing to", rc);
+        return;
+    }
+    if (sent == h->req.len)
+        return;
+    size_t left = h->req.len - sent;
+    wreq *w = malloc(sizeof *w + left);
     if (!w) {
         finish(h, "io", "out of memory for the request");
         return;
     }
-    memcpy(w->data, h->req.p, h->req.len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)h->req.len);
-    int rc = uv_write(&w->w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
+    memcpy(w->data, h->req.p + sent, left);
+    b = uv_buf_init(w->data, (unsigned)left);
+    rc = uv_write(&w->w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc != 0) {
         free(w);
         broken(h, "writing to", rc);
@@ -593,6 +622,7 @@ static int start(hcall *h)
     if (!c)
         return UV_ENOMEM;
     snprintf(c->key, sizeof c->key, "%s", h->u.key);
+    c->bucket = key_bucket(c->key);
     int rc = uv_timer_init(spgb_loop(), &c->timer);
     if (rc != 0) {
         free(c);

@@ -82,6 +82,16 @@ describe("httpc's own client", function()
     assert.are_not.equal(r.headers["x-conn"], r2.headers["x-conn"])
   end)
 
+  it("sends a request larger than the socket takes at once, to a server slow to read it", function()
+    local body = ("0123456789abcdef"):rep(1 << 20) -- 16 MiB: more than loopback's buffers hold
+    local r = assert(get("/late-read", { method = "POST", body = body, timeout = 20 }))
+    assert.equals(200, r.status)
+    assert.equals(tostring(#body), r.body)
+    -- and the connection, its write done, is kept for the next request
+    local again = assert(get("/after"))
+    assert.equals(r.headers["x-conn"], again.headers["x-conn"])
+  end)
+
   it("skips an interim 100 response", function()
     local r = assert(get("/continue"))
     assert.equals(201, r.status)

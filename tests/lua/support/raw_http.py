@@ -27,8 +27,12 @@ def read_request(f):
         name, _, value = h.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value.strip())
+    path = line.split()[1].decode()
+    if path == "/late-read":
+        # a slow reader: the client's socket fills, and the rest of its request must wait
+        time.sleep(0.5)
     body = f.read(length) if length else b""
-    return line.split()[1].decode(), body
+    return path, body
 
 
 def serve(conn, n):
@@ -52,6 +56,9 @@ def serve(conn, n):
             break
         elif path == "/big":
             conn.sendall(b"HTTP/1.1 200 OK\r\n" + x + b"Content-Length: 5000\r\n\r\n" + b"x" * 5000)
+        elif path == "/late-read":
+            got = b"%d" % len(body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + x + b"Content-Length: %d\r\n\r\n" % len(got) + got)
         elif path == "/drop":
             break
         elif path == "/slow":
