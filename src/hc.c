@@ -2,7 +2,8 @@
  * hc: plain HTTP/1.1 requests on kept-alive connections (see hc.h).
  *
  * A request (hcall, in a userdata on the task's stack) takes an idle connection to
- * its address or opens one, writes its bytes in one uv_write and parses what the
+ * its address or opens one, writes its bytes (uv_try_write; uv_write for what the
+ * socket did not take) and parses what the
  * connection reads until the response is whole: a Content-Length body, a chunked
  * one, or one that ends with the connection. A whole response that lets the
  * connection live puts it back in the idle list. A reused connection that fails
