@@ -256,28 +256,22 @@ function M:health_check_clients()
   self.log.info { event = "clients_health_check", msg = "health checking all clients" }
   local slowest = { keeper = 0, extra = 0 }
   self.ctx.health_slowest = slowest
+  local bodies = {} -- by pauser client
   local function check(c)
     local t0 = task.now()
     local body, herr, code = c:health(self.opts.health_check_timeout)
     local round = c.extra and "extra" or "keeper"
     slowest[round] = math.max(slowest[round], task.now() - t0)
+    bodies[c] = body
     return body, herr, code
   end
-  local bodies = {}
   for _, round in ipairs { "extra", "keeper" } do
     local res, err = self:each("client_health_check", check, round)
     if not res then return nil, err end
-    local k = 0
-    for i, c in ipairs(self.pausers) do
-      if (round == "extra") == (c.extra == true) then
-        k = k + 1
-        bodies[i] = res[k][1]
-      end
-    end
   end
   self.ctx.old_routes = {}
-  for i = 1, #self.pausers do
-    local body = bodies[i]
+  for i, c in ipairs(self.pausers) do
+    local body = bodies[c]
     local names = routes_to(body, self.ctx.old_master)
     if #names > 0 then self.ctx.old_routes[i] = names end
     local cfg = body.config or {}

@@ -3,12 +3,12 @@
  *
  * A request (hcall, in a userdata on the task's stack) takes an idle connection to
  * its address or opens one, writes its bytes (uv_try_write; uv_write for what the
- * socket did not take) and parses what the
- * connection reads until the response is whole: a Content-Length body, a chunked
- * one, or one that ends with the connection. A whole response that lets the
- * connection live puts it back in the idle list. A reused connection that fails
- * before any byte of the response came (the server closed it while idle) is
- * replaced by a new one once, the request sent again: nothing of it was read.
+ * socket did not take) and parses what the connection reads until the response is
+ * whole: a Content-Length body, a chunked one, or one that ends with the connection.
+ * A whole response that lets the connection live puts it back in the idle pool. A
+ * reused connection that fails before any byte of the response came (the server
+ * closed it while idle) is replaced by a new one once, the request sent again:
+ * nothing of it was read.
  */
 #include "hc.h"
 

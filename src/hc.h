@@ -10,7 +10,7 @@
  * for what it can take and libcurl (curlm) for the rest: https, host names, user
  * info in the URL. Uses: libuv (uv_tcp, uv_timer), sched, curlm's spgb_buf.
  *
- * Lifetime: idle connections live in one list per process, are closed by the
+ * Lifetime: idle connections live in one pool per process (by address), are closed by the
  * server's EOF (noticed while idle), when unused for 30 s (at their next use), and
  * at spgb_sched_close_loop. A connection carrying a request belongs to that request;
  * the request's op (in a userdata on the task's stack) points at it and closes it
