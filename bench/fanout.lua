@@ -28,6 +28,7 @@ local failover = require "failover"
 local log = require "log"
 local pgbouncer = require "pgbouncer"
 local pauser_client = require "pauser_client"
+local proc = require "proc"
 local task = require "task"
 local httpc = require "httpc"
 
@@ -61,8 +62,8 @@ local function main()
   end
   local fake_bin = (os.getenv("BUILD") or "build") .. "/bench/fake_pausers"
   local cc = 'mkdir -p "$(dirname "$1")" && cc -std=c11 -O2 -Wall -Wextra -Werror -o "$1" bench/fake_pausers.c'
-  assert(require("proc").run { "sh", "-c", cc, "sh", fake_bin } == 0, "cannot build bench/fake_pausers.c")
-  local fakes = assert(require("proc").spawn { fake_bin, FAKE_HOST, tostring(FAKE_PORT), "64", stdout = "null" })
+  assert(proc.run { "sh", "-c", cc, "sh", fake_bin } == 0, "cannot build bench/fake_pausers.c")
+  local fakes = assert(proc.spawn { fake_bin, FAKE_HOST, tostring(FAKE_PORT), "64", stdout = "null" })
   defer(function() B.stop(fakes) end)
   local fake_clients = {}
   for i = 1, 64 do
@@ -97,16 +98,17 @@ local function main()
 
   -- one failover-like object per size, using the real each()
   local quiet_log = log.with { component = "bench-fanout" }
-  -- a set: the pausers of one size, keyed n (mixed) or "fakes n" (fakes only)
-  local fo, KEYS = {}, {}
-  local function add_set(key, from, n)
+  -- a set: the pausers of one size, keyed n (mixed) or "fakes n" (fakes only);
+  -- real[key]: how many of them are real pausers (the first ones), fake[key]: any fake
+  local fo, KEYS, real, fake = {}, {}, {}, {}
+  local function add_set(key, from, n, n_real)
     local subset = {}
     for i = 1, n do subset[i] = from[i] end
     fo[key] = setmetatable({ pausers = subset, log = quiet_log, opts = {}, ctx = {} }, failover)
-    KEYS[#KEYS + 1] = key
+    KEYS[#KEYS + 1], real[key], fake[key] = key, n_real, n > n_real
   end
-  for _, n in ipairs(SIZES) do add_set(n, clients, n) end
-  for _, n in ipairs(FAKE_SIZES) do add_set("fakes " .. n, fake_clients, n) end
+  for _, n in ipairs(SIZES) do add_set(n, clients, n, math.min(n, 16)) end
+  for _, n in ipairs(FAKE_SIZES) do add_set("fakes " .. n, fake_clients, n, 0) end
   local function round(n)
     local f = fo[n]
     local t0 = task.now()
@@ -159,14 +161,14 @@ local function main()
     for _, pid in ipairs(list) do sum = sum + (B.cpu_seconds(pid) or 0) end
     return sum
   end
-  local nproc = tonumber((select(2, require("proc").run { "nproc" }))) or 1
+  local nproc = tonumber((select(2, proc.run { "nproc" }))) or 1
   local function cpu_blocks(n, cpu_per)
     local servers = {}
-    for i = 1, type(n) == "number" and math.min(n, 16) or 0 do
+    for i = 1, real[n] do
       servers[#servers + 1] = pausers[i]:pid()
       servers[#servers + 1] = bouncers[i].proc:pid()
     end
-    if type(n) ~= "number" or n > 16 then servers[#servers + 1] = fakes:pid() end
+    if fake[n] then servers[#servers + 1] = fakes:pid() end
     local R = ROUNDS * 5
     local c0, s0, t0 = cpu { me }, cpu(servers), task.now()
     for _ = 1, R do round(n) end
@@ -224,7 +226,7 @@ local function main()
   -- ours: the fan-out's wall minus the slowest PgBouncer's own PAUSE, and our CPU
   res.raw.own_pause_ms = {}
   for i, v in ipairs(own) do res.raw.own_pause_ms[i] = B.ms(v) end
-  local function own_of(n) return type(n) == "number" and slowest_own(n) or 0 end -- fakes: none
+  local function own_of(n) return slowest_own(real[n]) end -- fakes: none
   local function ours_of(cl)
     local o = {}
     for _, n in ipairs(KEYS) do
@@ -246,11 +248,15 @@ local function main()
   -- them) and fakes only; the goal is on the fakes-only line, the failover's own
   local GROWTH = { { 1, 16, "1 -> 16" }, { 1, 64, "1 -> 64 (16 real + 48 fakes)" },
     { "fakes 1", "fakes 64", "fakes only, 1 -> 64", goal = true } }
+  -- per_added(g, t) -> seconds per pauser added from g[1] to g[2], t by set key
+  local function per_added(g, t) return (t[g[2]] - t[g[1]]) / (#fo[g[2]].pausers - #fo[g[1]].pausers) end
+  local function client_cpu(by_key)
+    local t = {}
+    for k, c in pairs(by_key) do t[k] = c.client end
+    return t
+  end
   for _, g in ipairs(GROWTH) do
-    local a, b = g[1], g[2]
-    local added = #fo[b].pausers - #fo[a].pausers
-    local per = (ours[b] - ours[a]) / added
-    local cper = (curls[b] - curls[a]) / added
+    local per, cper = per_added(g, ours), per_added(g, curls)
     res:row { figure = ("ours: growth per added pauser, %s (wall)"):format(g[3]), value = per * 1e6, unit = "us",
       floor = cper * 1e6, floor_what = "the same with libcurl", goal = g.goal and "<= 50 us" or nil,
       met = g.goal and per <= 50e-6 or nil }
@@ -260,11 +266,9 @@ local function main()
       value = B.ms(cpu_per[n].client), unit = "ms", floor = B.ms(cpu_by.curl[n].client),
       floor_what = "the same with libcurl" }
   end
+  local cpu_ours, cpu_curl = client_cpu(cpu_per), client_cpu(cpu_by.curl)
   for _, g in ipairs(GROWTH) do
-    local a, b = g[1], g[2]
-    local added = #fo[b].pausers - #fo[a].pausers
-    local per = (cpu_per[b].client - cpu_per[a].client) / added
-    local cper = (cpu_by.curl[b].client - cpu_by.curl[a].client) / added
+    local per, cper = per_added(g, cpu_ours), per_added(g, cpu_curl)
     res:row { figure = ("failover process CPU per added pauser, %s (pause+resume)"):format(g[3]),
       value = per * 1e6, unit = "us", floor = cper * 1e6, floor_what = "the same with libcurl" }
   end
